@@ -1,0 +1,130 @@
+"""The ``contra`` command.  Only this module prints; the library logs.
+
+Every subcommand that runs a stage takes ``--config FILE`` plus ``key.sub=value`` overrides and
+writes the resolved config beside its outputs.  Known input problems end with one line on stderr
+(``contra: error: ...``) and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from contra.config import ConfigError, load_config
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions whose message is already a complete one-line explanation for the user."""
+    from contra.evaluation import EvaluationInputError
+    from contra.mano.io import ManoFileError
+
+    return ConfigError, ManoFileError, EvaluationInputError
+
+
+# ------------------------------------------------------------------------------ subcommands
+def cmd_demo(args: argparse.Namespace) -> int:
+    from contra.demo import DemoConfig, run_demo
+    from contra.evaluation import format_table
+
+    cfg = load_config(DemoConfig, args.config, args.overrides)
+    scores = run_demo(cfg)
+    print(format_table(scores))
+    print(f"\nwrote {cfg.out_dir}/ (config.yaml, mano/, gt/, pred.json, eval/scores.txt)")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from contra.evaluation import format_table, run_evaluation
+
+    scores = run_evaluation(args.pred, args.gt, args.out)
+    print(format_table(scores))
+    print(f"\nwrote {args.out}/scores.txt and {args.out}/scores.json")
+    return 0
+
+
+def cmd_mano_standin(args: argparse.Namespace) -> int:
+    from contra.mano.standin import write_standin
+
+    paths = write_standin(args.out, seed=args.seed)
+    for variant, path in paths.items():
+        print(f"{variant:>13}: {path}")
+    return 0
+
+
+def cmd_mano_check(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from contra.mano.io import load_mano
+
+    m = load_mano(args.path)
+    extent = np.ptp(m.v_template, axis=0)
+    print(f"{args.path}: a MANO model")
+    print(f"  vertices {m.v_template.shape[0]}, faces {m.faces.shape[0]}, "
+          f"shape components {m.shapedirs.shape[2]}")
+    print(f"  template extent (m): x {extent[0]:.3f}  y {extent[1]:.3f}  z {extent[2]:.3f}")
+    gram = m.hands_components @ m.hands_components.T
+    print(f"  PCA components: max |C Cᵀ − I| = {np.abs(gram - np.eye(45)).max():.2e}")
+    return 0
+
+
+# ------------------------------------------------------------------------------ parser
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, default=None, help="YAML config file (default: built-in)")
+    p.add_argument("overrides", nargs="*", metavar="key.sub=value",
+                   help="override config entries, e.g. samples=100 noise.pose_std=0.1")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="contra", description="Contrastive hand-shape pretraining and evaluation toolkit.")
+    parser.add_argument("--log-level", default="INFO",
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="library log level")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="run the main job on built-in synthetic defaults",
+                       description="Stand-in MANO model, synthetic FreiHAND-format GT and "
+                                   "predictions, official FreiHAND scores.")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("evaluate", help="score a FreiHAND pred.json (official protocol)",
+                       description="Official FreiHAND evaluation: Procrustes-aligned and raw "
+                                   "keypoint/mesh errors (cm), AUC, F@5mm, F@15mm.")
+    p.add_argument("--pred", type=Path, required=True, help="pred.json = [xyz_list, verts_list]")
+    p.add_argument("--gt", type=Path, required=True,
+                   help="folder with evaluation_xyz.json and evaluation_verts.json")
+    p.add_argument("--out", type=Path, required=True, help="folder for scores.txt / scores.json")
+    p.set_defaults(func=cmd_evaluate)
+
+    mano = sub.add_parser("mano", help="MANO model files",
+                          description="Write the stand-in model or check a model file.")
+    mano_sub = mano.add_subparsers(dest="mano_command", required=True, metavar="ACTION")
+    p = mano_sub.add_parser("standin", help="write the procedural stand-in MANO model",
+                            description="Writes MANO_RIGHT.pkl, MANO_LEFT.pkl and "
+                                        "chumpy/MANO_RIGHT.pkl (deterministic per seed).")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_mano_standin)
+    p = mano_sub.add_parser("check", help="safely load a MANO pickle and summarise it",
+                            description="Loads with the allow-listed unpickler (no chumpy).")
+    p.add_argument("path", type=Path, help="MANO_RIGHT.pkl or MANO_LEFT.pkl")
+    p.set_defaults(func=cmd_mano_check)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except _user_errors() as exc:
+        print(f"contra: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,224 @@
+"""Typed configuration: YAML → dataclasses, strict keys, ``key.sub=value`` overrides.
+
+Every stage (demo, evaluation, pretraining, fine-tuning) declares its config as nested dataclasses
+and loads it through :func:`load_config`, so all of them share one behaviour: an unknown key, a
+wrong type or a missing required field stops the run at start-up with a one-line error naming the
+file (or the override) and the dotted key, and the resolved config is written beside the outputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+_MISSING = object()
+
+
+class ConfigError(ValueError):
+    """A config problem; the message is one line naming the source and the dotted key."""
+
+
+def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
+    """``["a.b=3", "c=[1, 2]"]`` → ``{"a.b": 3, "c": [1, 2]}``; values are parsed as YAML."""
+    parsed: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"command line: override '{item}' is not of the form key.sub=value")
+        try:
+            parsed[key.strip()] = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError:
+            parsed[key.strip()] = text
+    return parsed
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{path}: malformed YAML{where}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any, source: str) -> None:
+    node = tree
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{source}: '{dotted}': '{part}' is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def load_config(cls: type[T], path: str | Path | None = None,
+                overrides: Sequence[str] | Mapping[str, Any] = ()) -> T:
+    """Build ``cls`` from a YAML file (optional) plus dotted overrides, validating every key."""
+    source = str(path) if path is not None else "defaults"
+    tree = _read_yaml(Path(path)) if path is not None else {}
+    parsed = overrides if isinstance(overrides, Mapping) else parse_overrides(overrides)
+    items = parsed.items()
+    origin: dict[str, str] = {}
+    for dotted, value in items:
+        _set_dotted(tree, dotted, value, "command line")
+        origin[dotted] = f"command line override '{dotted}'"
+    return _build(cls, tree, "", _Sources(source, origin))
+
+
+@dataclasses.dataclass
+class _Sources:
+    """Which file or override a dotted key came from, for error messages."""
+
+    default: str
+    overrides: dict[str, str]
+
+    def name(self, dotted: str) -> str:
+        for key, label in self.overrides.items():
+            if dotted == key or dotted.startswith(key + ".") or key.startswith(dotted + "."):
+                return label
+        return self.default
+
+
+def _build(cls: type[T], data: Any, prefix: str, sources: _Sources) -> T:
+    where = prefix.rstrip(".") or "<top>"
+    if not isinstance(data, dict):
+        raise ConfigError(f"{sources.name(where)}: {where}: expected a mapping, got "
+                          f"{type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    for key in data:
+        if key not in fields:
+            dotted = prefix + str(key)
+            raise ConfigError(f"{sources.name(dotted)}: unknown key '{dotted}' (known: "
+                              f"{', '.join(fields)})")
+    kwargs = {}
+    for name, f in fields.items():
+        dotted = prefix + name
+        if name in data:
+            kwargs[name] = _coerce(hints[name], data[name], dotted, sources)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            if dataclasses.is_dataclass(hints[name]):
+                kwargs[name] = _build(hints[name], {}, dotted + ".", sources)
+            else:
+                raise ConfigError(f"{sources.default}: missing required key '{dotted}'")
+    return cls(**kwargs)
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(tp: Any, value: Any, dotted: str, sources: _Sources) -> Any:
+    """Check ``value`` against the annotation ``tp``; ints are accepted for floats."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    fail = ConfigError(f"{sources.name(dotted)}: '{dotted}': expected {_type_name(tp)}, got "
+                       f"{type(value).__name__} ({value!r})")
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, dotted + ".", sources)
+    if origin in (typing.Union, types.UnionType):
+        for arg in args:
+            try:
+                return _coerce(arg, value, dotted, sources)
+            except ConfigError:
+                continue
+        raise fail
+    if origin is typing.Literal:
+        if value in args:
+            return value
+        raise ConfigError(f"{sources.name(dotted)}: '{dotted}': expected one of "
+                          f"{list(args)}, got {value!r}")
+    if origin in (list, tuple):
+        if not isinstance(value, list | tuple):
+            raise fail
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(args) != len(value):
+                raise fail
+            return tuple(_coerce(a, v, f"{dotted}[{i}]", sources)
+                         for i, (a, v) in enumerate(zip(args, value, strict=True)))
+        item = args[0] if args else Any
+        out = [_coerce(item, v, f"{dotted}[{i}]", sources) for i, v in enumerate(value)]
+        return tuple(out) if origin is tuple else out
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise fail
+        return {str(k): _coerce(args[1] if args else Any, v, f"{dotted}.{k}", sources)
+                for k, v in value.items()}
+    return _coerce_scalar(tp, value, fail)
+
+
+def _coerce_scalar(tp: Any, value: Any, fail: ConfigError) -> Any:
+    if tp is Any:
+        return value
+    if tp is type(None):
+        if value is None:
+            return None
+        raise fail
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise fail
+    if tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads '1e-3' (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise fail
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise fail
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise fail
+    if tp is Path:
+        if isinstance(value, str | Path):
+            return Path(value)
+        raise fail
+    raise ConfigError(f"unsupported config annotation {tp!r}")
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain, YAML-safe nested dict of a config dataclass (paths as strings, tuples as lists)."""
+
+    def plain(v: Any) -> Any:
+        if dataclasses.is_dataclass(v):
+            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, list | tuple):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {str(k): plain(x) for k, x in v.items()}
+        if isinstance(v, Path):
+            return str(v)
+        return v
+
+    return plain(cfg)
+
+
+def save_config(cfg: Any, path: str | Path) -> Path:
+    """Write the resolved config as YAML (atomically) so every run records what it ran with."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    tmp.replace(path)
+    return path
