@@ -1,0 +1,105 @@
+"""The installed ``contra`` command: help everywhere, one-line errors, demo end to end."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+CONTRA = str(Path(sys.executable).parent / "contra")
+
+
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([CONTRA, *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+@pytest.mark.parametrize("args", [[], ["demo"], ["evaluate"], ["mano"], ["mano", "standin"],
+                                  ["mano", "check"]])
+def test_help_on_every_subcommand(args: list[str]) -> None:
+    res = run(*args, "--help")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith("usage: contra")
+
+
+def test_demo_end_to_end(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    repo = Path(__file__).resolve().parents[1]
+    res = run("demo", "--config", str(repo / "configs" / "demo.yaml"), f"out_dir={out}",
+              "samples=40", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["samples"] == 40 and saved["out_dir"] == str(out)
+    scores = json.loads((out / "eval" / "scores.json").read_text())
+    # a perturbed prediction: aligned errors are small but non-zero, and below unaligned ones
+    assert 0 < scores["mesh_al_mean3d"] < scores["mesh_mean3d"]
+    assert 0 < scores["f_al_score_15"] <= 1
+    assert "mesh_al_mean3d" in res.stdout
+    assert len(json.loads((out / "gt" / "evaluation_verts.json").read_text())) == 40
+
+
+def test_bad_config_key_is_one_line(tmp_path: Path) -> None:
+    res = run("demo", f"out_dir={tmp_path}", "noise.pose_sdt=1")
+    assert res.returncode == 2
+    assert res.stderr.strip().count("\n") == 0
+    assert "unknown key 'noise.pose_sdt'" in res.stderr
+
+
+def test_mano_standin_and_check(tmp_path: Path) -> None:
+    res = run("mano", "standin", "--out", str(tmp_path / "m"))
+    assert res.returncode == 0, res.stderr
+    for name in ("MANO_RIGHT.pkl", "MANO_LEFT.pkl", "chumpy/MANO_RIGHT.pkl"):
+        assert (tmp_path / "m" / name).is_file()
+    res = run("mano", "check", str(tmp_path / "m" / "chumpy" / "MANO_RIGHT.pkl"))
+    assert res.returncode == 0, res.stderr
+    assert "vertices 778, faces 1538" in res.stdout
+
+
+def test_mano_check_refuses_a_foreign_pickle(tmp_path: Path) -> None:
+    bad = tmp_path / "MANO_RIGHT.pkl"
+    bad.write_bytes(b"cos\nsystem\n(S'echo hi'\ntR.")
+    res = run("mano", "check", str(bad))
+    assert res.returncode == 2
+    assert res.stderr.strip() == (f"contra: error: {bad}: refused: global 'os.system' is not "
+                                  "allowed in a MANO model file")
+    assert "hi" not in res.stdout
+
+
+def _tiny_gt(root: Path, n: int = 3) -> Path:
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "evaluation_xyz.json").write_text(json.dumps(rng.normal(size=(n, 21, 3)).tolist()))
+    (root / "evaluation_verts.json").write_text(json.dumps(rng.normal(size=(n, 778, 3)).tolist()))
+    return root
+
+
+def test_evaluate_gt_against_itself(tmp_path: Path) -> None:
+    gt = _tiny_gt(tmp_path / "gt")
+    pred = tmp_path / "pred.json"
+    pred.write_text(json.dumps([json.loads((gt / "evaluation_xyz.json").read_text()),
+                                json.loads((gt / "evaluation_verts.json").read_text())]))
+    res = run("evaluate", "--pred", str(pred), "--gt", str(gt), "--out", str(tmp_path / "out"))
+    assert res.returncode == 0, res.stderr
+    lines = (tmp_path / "out" / "scores.txt").read_text().splitlines()
+    assert lines[0] == "xyz_mean3d: 0.000000" and "f_al_score_15: 1.000000" in lines
+
+
+def test_evaluate_bad_prediction_is_one_line_and_keeps_old_scores(tmp_path: Path) -> None:
+    gt = _tiny_gt(tmp_path / "gt")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "scores.txt").write_text("previous\n")
+    pred = tmp_path / "pred.json"
+    xyz = json.loads((gt / "evaluation_xyz.json").read_text())
+    verts = json.loads((gt / "evaluation_verts.json").read_text())
+    xyz[1] = xyz[1][:20]
+    pred.write_text(json.dumps([xyz, verts]))
+    res = run("evaluate", "--pred", str(pred), "--gt", str(gt), "--out", str(out))
+    assert res.returncode == 2
+    assert res.stderr.count("\n") == 1 and "pred.json" in res.stderr and "[1]" in res.stderr
+    assert (out / "scores.txt").read_text() == "previous\n"
