@@ -15,12 +15,12 @@ import tempfile
 import time
 
 import torch
-from contra.mano.standin import write_standin
 
 from contra.mano import ManoLayer
 from contra.mano.io import MANO_PARENTS
 from contra.mano.layer import KEYPOINT_ORDER
 from contra.mano.rotations import axis_angle_to_rotmat
+from contra.mano.standin import write_standin
 
 
 def looped_forward(layer: ManoLayer, pose: torch.Tensor, betas: torch.Tensor
