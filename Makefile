@@ -18,11 +18,11 @@ demo: $(STAMP)
 	$(BIN)/contra demo --config configs/demo.yaml
 
 test: $(STAMP)
-	$(BIN)/ruff check .
+	$(BIN)/ruff check --no-cache .
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check .
+	$(BIN)/ruff check --no-cache .
 
 clean-venv:
 	rm -rf $(VENV)
