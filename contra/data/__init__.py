@@ -1,0 +1,1 @@
+"""Readers for HanCo and FreiHAND in their real on-disk formats, and the synthetic generator."""
