@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 from test_data_hanco import jpeg_bytes, write_json
 
-from contra.data.errors import DataFormatError
+from contra.data.errors import DataFormatError, MissingFileError
 from contra.data.freihand import VERSIONS, FreiHAND
-from contra.data.hanco import MissingFileError
 
 
 def sample_K(i: int) -> list[list[float]]:

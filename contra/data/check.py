@@ -20,7 +20,7 @@ from PIL import Image
 
 from contra.data import freihand as fh
 from contra.data import hanco as hc
-from contra.data.errors import DataFormatError
+from contra.data.errors import DataFormatError, MissingFileError
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +137,7 @@ def _json(report: CheckReport, reader: Callable[[Path], Any], path: Path) -> Any
     report.checked += 1
     try:
         return reader(path)
-    except hc.MissingFileError:
+    except MissingFileError:
         report.add("missing", path)
     except DataFormatError as e:
         report.add("malformed_json", path, str(e).removeprefix(f"{path}: "))

@@ -5,3 +5,7 @@ from __future__ import annotations
 
 class DataFormatError(ValueError):
     """A dataset file is missing, unreadable or malformed; the message names file and field."""
+
+
+class MissingFileError(DataFormatError, FileNotFoundError):
+    """An expected dataset file does not exist (catchable as either parent)."""

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from contra.data.errors import DataFormatError
-from contra.data.hanco import MissingFileError, checked_array, read_json
+from contra.data.errors import DataFormatError, MissingFileError
+from contra.data.jsonio import checked_array, read_json
 
 log = logging.getLogger(__name__)
 
