@@ -105,3 +105,12 @@ def test_shipped_configs_load() -> None:
 
     root = Path(__file__).resolve().parents[1] / "configs"
     assert load_config(DemoConfig, root / "demo.yaml") == DemoConfig()  # file documents defaults
+    from contra.data.synth.generate import SynthConfig
+    from contra.pairs import PairConfig
+
+    assert load_config(SynthConfig, root / "synth.yaml") == SynthConfig()
+    for name in ("augmentation", "background", "temporal", "multiview"):
+        assert load_config(PairConfig, root / "pairs" / f"{name}.yaml").strategies in (
+            [name], (name,))
+    assert set(load_config(PairConfig, root / "pairs" / "all.yaml").strategies) == {
+        "multiview", "temporal", "background"}
