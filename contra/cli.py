@@ -18,10 +18,11 @@ from contra.config import ConfigError, load_config
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions whose message is already a complete one-line explanation for the user."""
+    from contra.data.errors import DataFormatError
     from contra.evaluation import EvaluationInputError
     from contra.mano.io import ManoFileError
 
-    return ConfigError, ManoFileError, EvaluationInputError
+    return ConfigError, ManoFileError, EvaluationInputError, DataFormatError, FileNotFoundError
 
 
 # ------------------------------------------------------------------------------ subcommands
@@ -70,6 +71,36 @@ def cmd_mano_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_check(args: argparse.Namespace) -> int:
+    from contra.data.check import check_tree
+
+    report = check_tree(args.root, max_examples=args.examples, deep=args.deep)
+    print(report.format())
+    return 0 if report.ok else 1
+
+
+def cmd_data_show(args: argparse.Namespace) -> int:
+    from contra.data.show import render_overlay
+
+    path = render_overlay(args.root, args.sid, args.cid, args.fid, args.out, folder=args.folder)
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from contra.data.synth.generate import SynthConfig, generate
+
+    overrides = list(args.overrides)
+    if args.out is not None:
+        overrides.append(f"out_dir={args.out}")
+    if args.seed is not None:
+        overrides.append(f"seed={args.seed}")
+    cfg = load_config(SynthConfig, args.config, overrides)
+    for name, path in generate(cfg).items():
+        print(f"{name:>9}: {path}")
+    return 0
+
+
 # ------------------------------------------------------------------------------ parser
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, default=None, help="YAML config file (default: built-in)")
@@ -98,6 +129,34 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder with evaluation_xyz.json and evaluation_verts.json")
     p.add_argument("--out", type=Path, required=True, help="folder for scores.txt / scores.json")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("synth", help="write a synthetic HanCo + FreiHAND dataset (real formats)",
+                       description="Renders the stand-in MANO hand with 8 cube cameras into "
+                                   "DIR/hanco and DIR/freihand in the official layouts.")
+    p.add_argument("--out", type=Path, default=None, help="output folder (config: out_dir)")
+    p.add_argument("--seed", type=int, default=None, help="random seed (config: seed)")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_synth)
+
+    data = sub.add_parser("data", help="check or inspect HanCo / FreiHAND trees",
+                          description="Integrity checks and visual inspection of dataset trees.")
+    data_sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    p = data_sub.add_parser("check", help="report missing, unreadable, mis-sized files, bad JSON",
+                            description="Walks a HanCo or FreiHAND tree; exit code 1 when "
+                                        "anything is wrong.")
+    p.add_argument("root", type=Path, help="HanCo root (with meta.json) or FreiHAND root")
+    p.add_argument("--examples", type=int, default=5, help="example paths shown per problem")
+    p.add_argument("--deep", action="store_true", help="decode every image fully (slow)")
+    p.set_defaults(func=cmd_data_check)
+    p = data_sub.add_parser("show", help="draw a HanCo image with keypoints and mask outline",
+                            description="Projects xyz with the camera's K·M onto the image.")
+    p.add_argument("root", type=Path, help="HanCo root")
+    p.add_argument("--sid", type=int, required=True, help="sequence id")
+    p.add_argument("--cid", type=int, required=True, help="camera id 0..7")
+    p.add_argument("--fid", type=int, required=True, help="frame id")
+    p.add_argument("--folder", default="rgb", help="image folder (rgb, rgb_merged, ...)")
+    p.add_argument("--out", type=Path, required=True, help="output PNG")
+    p.set_defaults(func=cmd_data_show)
 
     mano = sub.add_parser("mano", help="MANO model files",
                           description="Write the stand-in model or check a model file.")

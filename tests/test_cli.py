@@ -103,3 +103,44 @@ def test_evaluate_bad_prediction_is_one_line_and_keeps_old_scores(tmp_path: Path
     assert res.returncode == 2
     assert res.stderr.count("\n") == 1 and "pred.json" in res.stderr and "[1]" in res.stderr
     assert (out / "scores.txt").read_text() == "previous\n"
+
+
+@pytest.fixture(scope="module")
+def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("synth")
+    res = run("synth", "--out", str(out), "--seed", "3", "sequences=2", "frames=3",
+              "test_sequences=1", "freihand_train=4", "freihand_eval=3", "workers=1")
+    assert res.returncode == 0, res.stderr
+    return out
+
+
+def test_synth_then_data_check_and_show(synth_root: Path, tmp_path: Path) -> None:
+    assert yaml.safe_load((synth_root / "config.yaml").read_text())["seed"] == 3
+    for tree in ("hanco", "freihand"):
+        res = run("data", "check", str(synth_root / tree))
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert "0 problems" in res.stdout
+    png = tmp_path / "x.png"
+    res = run("data", "show", str(synth_root / "hanco"), "--sid", "1", "--cid", "5", "--fid", "2",
+              "--out", str(png))
+    assert res.returncode == 0, res.stderr
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_data_check_reports_damage_with_exit_code(synth_root: Path, tmp_path: Path) -> None:
+    import shutil
+
+    tree = tmp_path / "hanco"
+    shutil.copytree(synth_root / "hanco", tree)
+    (tree / "rgb" / "0000" / "cam2" / "00000001.jpg").unlink()
+    (tree / "xyz" / "0001" / "00000000.json").write_text("[[0, 0")
+    res = run("data", "check", str(tree))
+    assert res.returncode == 1
+    assert "rgb/0000/cam2/00000001.jpg" in res.stdout and "xyz/0001/00000000.json" in res.stdout
+
+
+def test_data_show_missing_image_is_one_line(synth_root: Path, tmp_path: Path) -> None:
+    res = run("data", "show", str(synth_root / "hanco"), "--sid", "9", "--cid", "0", "--fid", "0",
+              "--out", str(tmp_path / "x.png"))
+    assert res.returncode == 2 and res.stderr.count("\n") == 1
+    assert "0009" in res.stderr
