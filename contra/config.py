@@ -216,9 +216,6 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 def save_config(cfg: Any, path: str | Path) -> Path:
     """Write the resolved config as YAML (atomically) so every run records what it ran with."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    tmp.replace(path)
-    return path
+    from contra.atomic import write_text_atomic
+
+    return write_text_atomic(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))

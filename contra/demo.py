@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from contra.atomic import write_text_atomic
 from contra.config import save_config
 from contra.mano.standin import write_standin
 from contra.mano.theta import freihand_layer, mano_from_theta
@@ -87,9 +88,7 @@ def perturb(theta: torch.Tensor, noise: PredictionNoise, gen: torch.Generator) -
 
 
 def _write_json(path: Path, value: object) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(value))
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(value))
 
 
 def run_demo(cfg: DemoConfig) -> dict[str, float]:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import textwrap
 
 import pytest
+from netutil import free_port
 
 from contra.dist import DistEnvError, discover
 
@@ -45,10 +45,6 @@ def test_bad_environments_name_the_variable(env: dict[str, str], message: str) -
         discover(env)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_two_slurm_style_tasks_form_a_gloo_group() -> None:
@@ -63,7 +59,7 @@ def test_two_slurm_style_tasks_form_a_gloo_group() -> None:
         print(env.rank, env.world_size, env.source, int(t.item()))
         destroy_process_group()
     """)
-    port = _free_port()
+    port = free_port()
     procs = [subprocess.Popen(
         [sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
         env={"PATH": "/usr/bin:/bin", "SLURM_PROCID": str(r), "SLURM_NTASKS": "2",

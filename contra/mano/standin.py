@@ -21,10 +21,8 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import pickle
 import sys
-import tempfile
 import types
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,6 +32,8 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse
+
+from contra.atomic import write_bytes_atomic
 
 # ------------------------------------------------------------------------------------------------
 # Public ids (used by public MANO code; see mano.md §2.2, §2.4, §3, §4.1)
@@ -617,23 +617,6 @@ def _dumps_chumpy(model: dict[str, Any], seed: int) -> bytes:
         return pickle.dumps({**model, "shapedirs": select}, protocol=2)
 
 
-def _write_atomic(path: Path, payload: bytes) -> None:
-    """Temp file in the same folder, then ``os.replace``: readers never see a partial model."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            os.fchmod(fh.fileno(), 0o644)
-            fh.write(payload)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def write_standin(out_dir: str | Path, seed: int = 0) -> dict[str, Path]:
     """Writes ``MANO_RIGHT.pkl``, ``MANO_LEFT.pkl`` (plain numpy + scipy csc, protocol 2, readable
     by plain ``pickle`` like manopth does) and ``chumpy/MANO_RIGHT.pkl`` (chumpy layout).
@@ -649,5 +632,5 @@ def write_standin(out_dir: str | Path, seed: int = 0) -> dict[str, Path]:
         "right_chumpy": (out / "chumpy" / "MANO_RIGHT.pkl", _dumps_chumpy(right, seed)),
     }
     for path, payload in payloads.values():
-        _write_atomic(path, payload)
+        write_bytes_atomic(path, payload)
     return {key: path for key, (path, _) in payloads.items()}
