@@ -16,14 +16,15 @@ import contextlib
 import os
 import random
 import re
-import tempfile
+import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-TMP_SUFFIX = ".tmp"
+from contra.atomic import TMP_SUFFIX, replacing
+
 LAST = "last.pt"
 _KEPT = re.compile(r"step_(\d{8,})\.pt")
 
@@ -32,44 +33,11 @@ class CheckpointError(ValueError):
     """A file that is not a readable, safe checkpoint."""
 
 
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename in `directory` durable (no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _tmp_path(path: Path) -> Path:
-    """A fresh temporary file next to `path` (same filesystem, so `os.replace` is atomic)."""
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
-    os.close(fd)
-    return Path(name)
-
-
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike[str]) -> Path:
     """Write `state` to `path` atomically: temp file, fsync, `os.replace`, fsync the directory."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_path(path)
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    _fsync_dir(path.parent)
-    return path
+    with replacing(path) as tmp, open(tmp, "wb") as f:
+        torch.save(state, f)
+    return Path(path)
 
 
 def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> dict[str, Any]:
@@ -94,23 +62,12 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
     """Atomically make `dst` a copy of `src` (hard link where possible; no second write)."""
-    tmp = _tmp_path(dst)
-    try:
+    with replacing(dst) as tmp:
         tmp.unlink()
         try:
             os.link(src, tmp)
         except OSError:
-            with open(src, "rb") as fi, open(tmp, "wb") as fo:
-                while chunk := fi.read(1 << 24):
-                    fo.write(chunk)
-                fo.flush()
-                os.fsync(fo.fileno())
-        os.replace(tmp, dst)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    _fsync_dir(dst.parent)
+            shutil.copyfile(src, tmp)
 
 
 class CheckpointManager:
