@@ -9,32 +9,57 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from contra.config import ConfigError, load_config
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions whose message is already a complete one-line explanation for the user."""
+    from contra.checkpoint import CheckpointError
     from contra.data.errors import DataFormatError
+    from contra.demo import DemoError
+    from contra.dist import DistEnvError
     from contra.evaluation import EvaluationInputError
     from contra.mano.io import ManoFileError
 
-    return ConfigError, ManoFileError, EvaluationInputError, DataFormatError, FileNotFoundError
+    return (ConfigError, ManoFileError, EvaluationInputError, DataFormatError, FileNotFoundError,
+            CheckpointError, DistEnvError, DemoError)
 
 
 # ------------------------------------------------------------------------------ subcommands
 def cmd_demo(args: argparse.Namespace) -> int:
-    from contra.demo import DemoConfig, run_demo
+    from contra.demo import DemoConfig, run_demo, run_pretrain_demo
     from contra.evaluation import format_table
 
     cfg = load_config(DemoConfig, args.config, args.overrides)
     scores = run_demo(cfg)
     print(format_table(scores))
     print(f"\nwrote {cfg.out_dir}/ (config.yaml, mano/, gt/, pred.json, eval/scores.txt)")
+    if cfg.pretrain.enabled:
+        _print_pretrain(run_pretrain_demo(cfg), cfg)
     return 0
+
+
+def _print_pretrain(summary: dict, cfg: Any) -> None:
+    """The retrieval monitor before and after pretraining, and where the MLflow run is."""
+    rows = summary["retrieval"]
+    print(f"\nMoCo pretraining, {cfg.pretrain.ranks} ranks, {cfg.pretrain.config}: "
+          f"{summary['step']} steps, {summary['epoch']} epochs → {summary['run_dir']}")
+    if rows:
+        print("pose retrieval: PA-aligned keypoint error (mm) of the nearest embedding "
+              "neighbour from another sequence")
+        print(f"{'':>8} {'encoder':>8} {'random-init':>12} {'random':>8} {'oracle':>8}")
+        for name, r in (("before", rows[0]), ("after", rows[-1])):
+            print(f"{name:>8} {r['nn_mm']:8.2f} {r.get('random_init_nn_mm', float('nan')):12.2f} "
+                  f"{r['random_mm']:8.2f} {r['oracle_mm']:8.2f}   (epoch {r['epoch']})")
+    if summary.get("mlflow_run_id"):
+        print(f"MLflow run {summary['mlflow_run_id']} in {summary['tracking_uri']}")
+        print(f"open the MLflow UI: {summary['mlflow_ui']}")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -101,6 +126,30 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from contra.pretrain import load, run
+
+    return run(load(args.config, args.overrides))
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from contra.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+    from contra.nets import export_contra_hand, export_torchvision
+
+    state = load_checkpoint(args.checkpoint)
+    if "model" not in state:
+        raise CheckpointError(f"{args.checkpoint}: no 'model' entry (not a pretraining checkpoint)")
+    convert = export_torchvision if args.format == "torchvision" else export_contra_hand
+    try:
+        weights = convert(state["model"])
+    except ValueError as e:
+        raise CheckpointError(f"{args.checkpoint}: model: {e}") from None
+    save_checkpoint(weights, args.out)
+    print(f"wrote {args.out} ({args.format} layout, {len(weights)} tensors, step "
+          f"{state.get('step', '?')})")
+    return 0
+
+
 # ------------------------------------------------------------------------------ parser
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, default=None, help="YAML config file (default: built-in)")
@@ -158,6 +207,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="output PNG")
     p.set_defaults(func=cmd_data_show)
 
+    p = sub.add_parser("pretrain", help="MoCo pretraining on HanCo pairs (resumes from run_dir)",
+                       description="MoCo v2 with a sharded queue; single process, torchrun or "
+                                   "SLURM tasks. Exit 75 = checkpointed after a signal.")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("export", help="query-encoder weights from a pretraining checkpoint",
+                       description="torchvision ResNet state dict (no fc) or the contra-hand "
+                                   "embed-network layout, from module.encoder_q.*.")
+    p.add_argument("checkpoint", type=Path, help="e.g. runs/pretrain/checkpoints/last.pt")
+    p.add_argument("--out", type=Path, required=True, help="output .pth file")
+    p.add_argument("--format", choices=["torchvision", "contra-hand"], default="torchvision",
+                   help="torchvision: backbone for torchvision.models.resnetXX (default); "
+                        "contra-hand: backbone + embed head (fc, fc2)")
+    p.set_defaults(func=cmd_export)
+
     mano = sub.add_parser("mano", help="MANO model files",
                           description="Write the stand-in model or check a model file.")
     mano_sub = mano.add_subparsers(dest="mano_command", required=True, metavar="ACTION")
@@ -176,7 +241,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
+    rank = os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))
+    level = args.log_level if rank == "0" else max(logging.WARNING,
+                                                    logging.getLevelName(args.log_level))
+    logging.basicConfig(level=level,
+                        format=f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)

@@ -117,7 +117,10 @@ def _build(cls: type[T], data: Any, prefix: str, sources: _Sources) -> T:
                 kwargs[name] = _build(hints[name], {}, dotted + ".", sources)
             else:
                 raise ConfigError(f"{sources.default}: missing required key '{dotted}'")
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ValueError as e:  # a dataclass's own validation (__post_init__)
+        raise ConfigError(f"{sources.name(where)}: {e}") from None
 
 
 def _type_name(tp: Any) -> str:

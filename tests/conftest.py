@@ -21,3 +21,19 @@ def standin_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _mano_root_env(standin_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Code that falls back to the default model uses the session's stand-in, not ~/.cache."""
     monkeypatch.setenv("CONTRA_MANO_ROOT", str(standin_root))
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory: pytest.TempPathFactory, standin_root: Path) -> Path:
+    """A tiny synthetic dataset (``contra synth`` formats): ``hanco/``, ``freihand/``.
+
+    4 green-screen sequences × 6 frames (+1 test sequence), 64 px; shared by the pretraining,
+    retrieval and cluster tests so the renderer runs once per session.
+    """
+    from contra.data.synth.generate import SynthConfig, generate
+
+    out = tmp_path_factory.mktemp("synth")
+    generate(SynthConfig(out_dir=out, seed=0, sequences=4, frames=6, test_sequences=1,
+                         subjects=2, backgrounds=4, freihand_train=4, freihand_eval=4,
+                         freihand_subjects=2, workers=1, mano_root=str(standin_root)))
+    return out

@@ -18,19 +18,26 @@ def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]
 
 
 @pytest.mark.parametrize("args", [[], ["demo"], ["evaluate"], ["mano"], ["mano", "standin"],
-                                  ["mano", "check"]])
+                                  ["mano", "check"], ["pretrain"], ["export"]])
 def test_help_on_every_subcommand(args: list[str]) -> None:
     res = run(*args, "--help")
     assert res.returncode == 0, res.stderr
     assert res.stdout.startswith("usage: contra")
 
 
-def test_demo_end_to_end(tmp_path: Path) -> None:
+TINY_PRETRAIN = ("[epochs=1, batch_size=16, workers=0, pairs.image_size=32, moco.queue_size=64, "
+                 "monitor.frames=16, checkpoint.every_steps=0]")
+
+
+def test_demo_end_to_end(tmp_path: Path, synth_root: Path) -> None:
+    """Both stages: FreiHAND scoring, then 2-rank pretraining on (here: existing) synthetic data."""
     out = tmp_path / "demo"
     repo = Path(__file__).resolve().parents[1]
     res = run("demo", "--config", str(repo / "configs" / "demo.yaml"), f"out_dir={out}",
-              "samples=40", cwd=tmp_path)
-    assert res.returncode == 0, res.stderr
+              "samples=40", f"pretrain.data_dir={synth_root}",
+              f"pretrain.config={repo / 'configs' / 'pretrain' / 'demo.yaml'}",
+              f"pretrain.overrides={TINY_PRETRAIN}", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["samples"] == 40 and saved["out_dir"] == str(out)
     scores = json.loads((out / "eval" / "scores.json").read_text())
@@ -39,6 +46,18 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     assert 0 < scores["f_al_score_15"] <= 1
     assert "mesh_al_mean3d" in res.stdout
     assert len(json.loads((out / "gt" / "evaluation_verts.json").read_text())) == 40
+    # stage 2: retrieval before/after, the MLflow run and the UI command
+    summary = json.loads((out / "pretrain" / "run.json").read_text())
+    assert summary["exit_code"] == 0 and summary["step"] == 12  # 8·24 pairs / 16
+    history = json.loads((out / "pretrain" / "retrieval.json").read_text())
+    assert [r["epoch"] for r in history] == [0, 1]
+    lines = res.stdout.splitlines()
+    before = next(x for x in lines if x.strip().startswith("before")).split()
+    after = next(x for x in lines if x.strip().startswith("after")).split()
+    assert float(before[1]) == pytest.approx(history[0]["nn_mm"], abs=0.006)
+    assert float(after[1]) == pytest.approx(history[1]["nn_mm"], abs=0.006)
+    assert f"MLflow run {summary['mlflow_run_id']}" in res.stdout
+    assert "open the MLflow UI: mlflow ui --backend-store-uri sqlite:///" in res.stdout
 
 
 def test_bad_config_key_is_one_line(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 from netutil import free_port
+from torch.nn.parallel import DistributedDataParallel
 
 from contra.queue import ShardedQueue, _gather
 
@@ -74,6 +75,27 @@ def run_steps(queue: ShardedQueue, first: int, steps: int) -> list[dict]:
     return out
 
 
+class ShardAsBuffer(torch.nn.Module):
+    """Negative control for P1: a queue shard registered as a buffer of the DDP-wrapped model."""
+
+    def __init__(self, shard: torch.Tensor) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(D, D).double()
+        self.register_buffer("shard", shard.clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lin(x)
+
+
+def ddp_buffer_check(queue: ShardedQueue) -> dict:
+    """One DDP forward/backward beside the queue; what the shards look like afterwards."""
+    before = queue.shard.clone()
+    model = DistributedDataParallel(ShardAsBuffer(queue.shard))  # broadcast_buffers=True
+    model(torch.ones(B, D, dtype=torch.float64)).sum().backward()
+    return {"outside_before": before, "outside_after": queue.shard.clone(),
+            "inside_after": model.module.shard.clone()}
+
+
 def worker(rank: int, world: int, port: int, out: Path) -> None:
     """One rank: every distributed check for this world size, results saved for the parent."""
     torch.set_num_threads(1)
@@ -95,6 +117,7 @@ def worker(rank: int, world: int, port: int, out: Path) -> None:
             torch.save(ckpt, out / "ckpt.pt")
     dist.barrier()
     if world == 2:
+        res["p1"] = ddp_buffer_check(queue)
         ckpt = torch.load(out / "ckpt.pt")
         resumed = ShardedQueue(D, K, B, T, seed=SEED + 1, dtype=torch.float64)
         resumed.load_canonical(ckpt["queue"], ckpt["pointer"])
@@ -220,3 +243,12 @@ def test_logits_stay_fp32_under_autocast() -> None:
         fast = queue.loss(q, k)
     assert all(x.dtype == torch.float32 for x in fast)
     assert all(torch.equal(a, b) for a, b in zip(fast, queue.loss(q, k), strict=True))
+
+
+def test_ddp_buffer_broadcast_cannot_overwrite_shards(runs: dict) -> None:
+    """§3.7 P1: outside DDP each rank keeps its shard; as a DDP buffer rank 0's replaces it."""
+    r0, r1 = (runs[2][r]["p1"] for r in (0, 1))
+    for r in (r0, r1):
+        assert torch.equal(r["outside_after"], r["outside_before"])
+    assert not torch.equal(r0["outside_after"], r1["outside_after"])  # distinct shards survive
+    assert torch.equal(r1["inside_after"], r0["outside_before"])  # the control is overwritten

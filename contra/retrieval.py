@@ -1,0 +1,371 @@
+"""Pose-retrieval monitor: is the embedding organised by hand pose, without any fine-tuning?
+
+A labelled held-out set of HanCo frames (keypoints from ``xyz/``) is embedded with the encoder
+being pretrained. For every query frame the nearest neighbour by cosine similarity is taken among
+frames of *other* sequences (neighbouring frames of the same sequence would be trivial matches),
+and the query's Procrustes-aligned (PA, with scale) mean keypoint error against that neighbour is
+reported in mm. Two references frame the number: a uniformly random other-sequence neighbour
+(``random_mm``, computed exactly as a mean over all pairs) and the best possible other-sequence
+neighbour in pose space (``oracle_mm``, a lower bound). A random-init encoder's ``nn_mm`` is the
+third reference (:meth:`RetrievalMonitor.baseline`). This turns the paper's qualitative retrieval
+(Fig. 4) into a number that makes pair-sampling strategies comparable during pretraining.
+
+Keypoints are compared in the world frame, whichever camera an image came from: PA alignment
+removes any rotation, translation and scale, so the camera extrinsics do not matter.
+
+The PA alignment is the official FreiHAND ``align_w_scale`` (:func:`contra.metrics.align_w_scale`,
+reflections allowed, Frobenius norms + 1e-8), re-written here for all N² pairs at once.
+
+Nothing here knows about MLflow, DDP or SLURM: the training loop logs the returned dicts.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torchvision.transforms.v2.functional as TF
+from numpy.typing import ArrayLike, NDArray
+from torch import Tensor, nn
+from torchvision.transforms import InterpolationMode
+
+from contra.augment import decode_rgb
+from contra.data.errors import DataFormatError
+from contra.data.hanco import N_CAMERAS, N_KEYPOINTS, SUBSET_FOLDERS, HanCo
+
+log = logging.getLogger(__name__)
+
+FEATURES = ("backbone", "embedding")
+_SCALE_EPS = 1e-8  # as the official align_w_scale (and contra.metrics)
+_PAIRS_PER_CHUNK = 16384  # query×candidate pairs per vectorised block (~8 MB per float64 array)
+
+
+@dataclass(frozen=True)
+class RetrievalConfig:
+    """Monitor settings; embedded in the pretraining config as ``monitor:``."""
+
+    every_epochs: int = 1  # 0 disables the monitor
+    frames: int = 256  # frames in the labelled set (capped at what the data has)
+    seed: int = 0
+    subset: str = "merged"  # image variant of green-screen frames (a key of SUBSET_FOLDERS)
+    include_test: bool = True  # also draw non-green-screen frames (read from rgb/)
+    feature: Literal["backbone", "embedding"] = "backbone"  # pooled feature or MoCo head
+    batch_size: int = 64
+    root: str | None = None  # HanCo root; None = the pretraining data root
+
+    def __post_init__(self) -> None:
+        if self.every_epochs < 0:
+            raise ValueError(f"monitor.every_epochs must be ≥ 0, got {self.every_epochs}")
+        if self.frames < 2:
+            raise ValueError(f"monitor.frames must be ≥ 2, got {self.frames}")
+        if self.subset not in SUBSET_FOLDERS:
+            raise ValueError(f"monitor.subset must be one of {tuple(SUBSET_FOLDERS)}, "
+                             f"got {self.subset!r}")
+        if self.feature not in FEATURES:
+            raise ValueError(f"monitor.feature must be one of {FEATURES}, got {self.feature!r}")
+        if self.batch_size < 1:
+            raise ValueError(f"monitor.batch_size must be ≥ 1, got {self.batch_size}")
+
+    def due(self, epoch: int) -> bool:
+        """Whether to run after ``epoch`` completed epochs (1-based); never when disabled."""
+        return self.every_epochs > 0 and epoch > 0 and epoch % self.every_epochs == 0
+
+
+# ------------------------------------------------------------------------------- the labelled set
+@dataclass
+class RetrievalSet:
+    """Network-ready images with world keypoints and the sequence each frame belongs to."""
+
+    images: Tensor  # (N, 3, S, S) float32, x/255 - 0.5
+    keypoints: NDArray[np.float64]  # (N, 21, 3) world metres
+    sequences: NDArray[np.int64]  # (N,) sid: neighbours must come from another one
+    frames: NDArray[np.int64]  # (N,) fid, for reporting
+    cameras: NDArray[np.int64]  # (N,) cid, for reporting
+    skipped: dict[str, int] = field(default_factory=dict)  # reason -> frames left out
+    root: str = ""
+
+    def __post_init__(self) -> None:
+        n = len(self.keypoints)
+        if self.images.ndim != 4 or self.images.shape[:2] != (n, 3):
+            raise ValueError(f"images must be (N={n}, 3, S, S), got {tuple(self.images.shape)}")
+        if self.keypoints.shape != (n, N_KEYPOINTS, 3):
+            raise ValueError(f"keypoints must be (N, {N_KEYPOINTS}, 3), "
+                             f"got {self.keypoints.shape}")
+        for name in ("sequences", "frames", "cameras"):
+            if getattr(self, name).shape != (n,):
+                raise ValueError(f"{name} must have shape ({n},)")
+
+    def __len__(self) -> int:
+        return len(self.keypoints)
+
+    @property
+    def n_sequences(self) -> int:
+        return int(np.unique(self.sequences).size)
+
+    @classmethod
+    def from_hanco(cls, hanco: HanCo | str | Path, cfg: RetrievalConfig,
+                   image_size: int) -> RetrievalSet:
+        """Draw ``cfg.frames`` frames (sid, fid, cid) deterministically from ``cfg.seed``.
+
+        Candidates are all green-screen frames (plus the others with ``include_test``), taken
+        from meta.json rather than ``hanco``'s sample index, so the pretraining reader can be
+        reused whatever its own ``include_test``. A frame whose xyz or image is missing or
+        corrupt is skipped and counted, and the next candidate of the same random order is
+        tried. Images are centre-cropped to a square and resized (no augmentation).
+        """
+        if not isinstance(hanco, HanCo):
+            hanco = HanCo(hanco)
+        order, cams = _draw_order(hanco, cfg)
+        picked: list[tuple[int, int, int, np.ndarray, Tensor]] = []
+        skipped: Counter[str] = Counter()
+        max_skips = max(100, 4 * cfg.frames)  # a broken root must not scan 100k missing files
+        for flat, cid in zip(order, cams, strict=True):
+            if len(picked) == cfg.frames or sum(skipped.values()) >= max_skips:
+                break
+            sid, fid = _sid_fid(hanco, int(flat))
+            item = _load_frame(hanco, cfg.subset, sid, fid, int(cid), image_size, skipped)
+            if item is not None:
+                picked.append((sid, fid, int(cid), *item))
+        if skipped:
+            log.warning("retrieval set %s: skipped %d frames (%s)", hanco.root,
+                        sum(skipped.values()), dict(skipped))
+        return cls._assemble(picked, dict(skipped), hanco.root)
+
+    @classmethod
+    def _assemble(cls, picked: list, skipped: dict[str, int], root: Path) -> RetrievalSet:
+        sids = np.array([p[0] for p in picked], np.int64)
+        if np.unique(sids).size < 2:
+            raise ValueError(f"{root}: the retrieval set needs frames with readable xyz from at "
+                             f"least 2 sequences, found {np.unique(sids).size} "
+                             f"({len(picked)} frames, skipped {skipped})")
+        data = cls(images=torch.stack([p[4] for p in picked]),
+                   keypoints=np.stack([p[3] for p in picked]), sequences=sids,
+                   frames=np.array([p[1] for p in picked], np.int64),
+                   cameras=np.array([p[2] for p in picked], np.int64),
+                   skipped=skipped, root=str(root))
+        log.info("retrieval set %s: %d frames from %d sequences", root, len(data),
+                 data.n_sequences)
+        return data
+
+
+def _draw_order(hanco: HanCo, cfg: RetrievalConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Candidate flat frame indices in a seeded random order, with one camera drawn per frame."""
+    meta = hanco.meta
+    keep = np.ones(meta.n_total, bool) if cfg.include_test else meta.is_train
+    rng = np.random.default_rng(cfg.seed)
+    order = rng.permutation(np.flatnonzero(keep))
+    return order, rng.integers(0, N_CAMERAS, size=order.size)
+
+
+def _sid_fid(hanco: HanCo, flat: int) -> tuple[int, int]:
+    sid = int(np.searchsorted(hanco.meta.offsets, flat, side="right")) - 1
+    return sid, flat - int(hanco.meta.offsets[sid])
+
+
+def _load_frame(hanco: HanCo, subset: str, sid: int, fid: int, cid: int, size: int,
+                skipped: Counter[str]) -> tuple[np.ndarray, Tensor] | None:
+    """(keypoints, image) of one frame, or None (counted in ``skipped``) if unreadable."""
+    try:
+        xyz = hanco.xyz(sid, fid)
+    except DataFormatError as exc:
+        log.debug("retrieval: skipping xyz: %s", exc)
+        skipped["xyz"] += 1
+        return None
+    folder = SUBSET_FOLDERS[subset] if hanco.is_green_screen(sid, fid) else "rgb"
+    path = hanco.image_path(folder, sid, cid, fid)
+    try:
+        image = to_network(decode_rgb(path.read_bytes()), size)
+    except (OSError, RuntimeError, ValueError) as exc:  # missing file or undecodable bytes
+        log.debug("retrieval: skipping image %s: %s", path, exc)
+        skipped["image"] += 1
+        return None
+    return xyz, image
+
+
+def to_network(image: Tensor, size: int) -> Tensor:
+    """uint8 (3, H, W) → centre square crop → ``size`` px (antialiased) → float32 x/255 − 0.5."""
+    side = min(image.shape[-2:])
+    square = TF.center_crop(image, [side, side])
+    resized = TF.resize(square, [size, size], interpolation=InterpolationMode.BILINEAR,
+                        antialias=True)
+    return resized.float() / 255.0 - 0.5
+
+
+# ------------------------------------------------------------------------------------ embeddings
+def _unwrap(encoder: nn.Module) -> nn.Module:
+    """The encoder inside a DDP / DataParallel wrapper and, for a MoCo model, its query
+    encoder (the one whose backbone is transferred); ``features()`` lives there."""
+    wrappers = (nn.parallel.DistributedDataParallel, nn.DataParallel)
+    net = encoder.module if isinstance(encoder, wrappers) else encoder
+    query = getattr(net, "encoder_q", None)
+    return query if isinstance(query, nn.Module) else net
+
+
+@torch.no_grad()
+def embed(encoder: nn.Module, images: Tensor, feature: str = "backbone", batch_size: int = 64,
+          device: torch.device | str = "cpu") -> Tensor:
+    """L2-normalised (N, D) float32 features on the CPU, computed in eval mode.
+
+    Eval mode (BN running statistics, no dropout) makes a frame's embedding independent of the
+    batch it lands in. The train/eval flag of every submodule is restored afterwards, so a
+    deliberately frozen BN stays frozen. ``feature="backbone"`` uses ``features(x)``, the pooled
+    feature that is transferred to the MANO regressor; ``"embedding"`` the MoCo head output.
+    """
+    if feature not in FEATURES:
+        raise ValueError(f"feature must be one of {FEATURES}, got {feature!r}")
+    net = _unwrap(encoder)
+    if feature == "backbone" and not callable(getattr(net, "features", None)):
+        raise TypeError(f"{type(net).__name__} has no features(x); use feature='embedding'")
+    fn = net.features if feature == "backbone" else net
+    modes = [(m, m.training) for m in net.modules()]
+    net.eval()
+    try:
+        out = [fn(images[i:i + batch_size].to(device)).float().cpu()
+               for i in range(0, len(images), batch_size)]
+    finally:
+        for m, training in modes:
+            m.training = training
+    return nn.functional.normalize(torch.cat(out).flatten(1), dim=1)
+
+
+# ------------------------------------------------------------------------- PA errors and metrics
+def _normalised(kp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Centred keypoints divided by their Frobenius norm (+1e-8), and that norm (official)."""
+    centred = kp - kp.mean(axis=1, keepdims=True)
+    norm = np.sqrt(np.einsum("nkc,nkc->n", centred, centred)) + _SCALE_EPS
+    return centred / norm[:, None, None], norm
+
+
+def pa_error_matrix(keypoints: ArrayLike) -> NDArray[np.float64]:
+    """(N, N) metres: E[i, j] = mean joint error of frame j PA-aligned onto frame i.
+
+    Equal to ``mean(norm(kp_i − align_w_scale(kp_i, kp_j)), joints)`` for every pair. Not
+    symmetric (the error is measured in query i's scale). All N² 3×3 SVDs run batched in
+    float64, in blocks of query rows to bound memory.
+    """
+    kp = np.asarray(keypoints, dtype=np.float64)
+    if kp.ndim != 3 or kp.shape[2] != 3:
+        raise ValueError(f"keypoints must have shape (N, K, 3), got {kp.shape}")
+    hat, norm = _normalised(kp)
+    n = len(kp)
+    out = np.empty((n, n))
+    rows = max(1, _PAIRS_PER_CHUNK // max(n, 1))
+    for lo in range(0, n, rows):
+        out[lo:lo + rows] = _error_block(hat[lo:lo + rows], norm[lo:lo + rows], hat)
+    return out
+
+
+def _error_block(a_hat: np.ndarray, a_norm: np.ndarray, b_hat: np.ndarray) -> np.ndarray:
+    """(Q, N) errors of every candidate in ``b_hat`` aligned onto every query in ``a_hat``."""
+    cross = np.einsum("qka,nkb->qnab", a_hat, b_hat, optimize=True)  # Âᵀ B̂ per pair
+    u, sigma, vt = np.linalg.svd(cross)
+    rotation = u @ vt  # may be a reflection, as the official code allows
+    scale = sigma.sum(axis=-1)
+    aligned = np.einsum("nkb,qnab->qnka", b_hat, rotation, optimize=True) * scale[..., None, None]
+    residual = a_hat[:, None] - aligned  # in units of the query's norm
+    dist = np.sqrt(np.einsum("qnkc,qnkc->qnk", residual, residual))
+    return dist.mean(axis=-1) * a_norm[:, None]
+
+
+def nearest_other(embeddings: Tensor | ArrayLike, sequences: ArrayLike) -> NDArray[np.intp]:
+    """(N,) index of each frame's most cosine-similar frame from another sequence.
+
+    Ties go to the lowest index. Raises if some frame has no other-sequence candidate.
+    """
+    emb = np.asarray(embeddings.detach().cpu() if isinstance(embeddings, Tensor) else embeddings,
+                     dtype=np.float64).reshape(len(sequences), -1)
+    emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+    sim = emb @ emb.T
+    other = _other_mask(sequences)
+    sim[~other] = -np.inf
+    return sim.argmax(axis=1)
+
+
+def _other_mask(sequences: ArrayLike) -> NDArray[np.bool_]:
+    seq = np.asarray(sequences).reshape(-1)
+    other = seq[:, None] != seq[None, :]
+    if not other.any(axis=1).all():
+        raise ValueError("retrieval needs frames from at least 2 sequences")
+    return other
+
+
+def summarise(errors: np.ndarray, neighbours: np.ndarray, sequences: ArrayLike) -> dict[str, float]:
+    """nn/random/oracle errors in mm from an error matrix (metres) and the chosen neighbours.
+
+    ``random_mm`` is the exact expectation of a uniformly random other-sequence neighbour: per
+    query the mean over all its other-sequence frames, then the mean over queries (the same
+    weighting as ``nn_mm``). ``oracle_mm`` takes per query the smallest other-sequence error.
+    """
+    other = _other_mask(sequences)
+    n = len(errors)
+    if not other[np.arange(n), neighbours].all():
+        raise ValueError("a neighbour from the query's own sequence was chosen")
+    nn_err = errors[np.arange(n), neighbours]
+    random_err = np.where(other, errors, 0.0).sum(axis=1) / other.sum(axis=1)
+    oracle_err = np.where(other, errors, np.inf).min(axis=1)
+    return {"nn_mm": 1000.0 * float(nn_err.mean()),
+            "random_mm": 1000.0 * float(random_err.mean()),
+            "oracle_mm": 1000.0 * float(oracle_err.mean())}
+
+
+def retrieval_errors(embeddings: Tensor | ArrayLike, keypoints: ArrayLike,
+                     sequences: ArrayLike) -> dict[str, float]:
+    """``{"nn_mm", "random_mm", "oracle_mm"}``: PA keypoint errors (mm) of other-sequence
+    neighbours chosen by cosine similarity, at random, and optimally in pose space."""
+    errors = pa_error_matrix(keypoints)
+    return summarise(errors, nearest_other(embeddings, sequences), sequences)
+
+
+# ------------------------------------------------------------------------------------ the monitor
+class RetrievalMonitor:
+    """Evaluate encoders on one fixed :class:`RetrievalSet`; the PA matrix is computed once."""
+
+    def __init__(self, data: RetrievalSet, cfg: RetrievalConfig,
+                 device: torch.device | str = "cpu") -> None:
+        self.data, self.cfg, self.device = data, cfg, torch.device(device)
+        self.errors = pa_error_matrix(data.keypoints)
+        self.neighbours: NDArray[np.intp] | None = None  # last evaluate()'s, for qualitative use
+        self._baseline: dict[str, float] | None = None
+
+    def evaluate(self, encoder: nn.Module) -> dict[str, float]:
+        """``nn_mm``, ``random_mm``, ``oracle_mm`` (mm), ``n`` (frames) and ``seconds``."""
+        start = time.perf_counter()
+        emb = embed(encoder, self.data.images, self.cfg.feature, self.cfg.batch_size,
+                    self.device)
+        self.neighbours = nearest_other(emb, self.data.sequences)
+        out = summarise(self.errors, self.neighbours, self.data.sequences)
+        return {**out, "n": float(len(self.data)), "seconds": time.perf_counter() - start}
+
+    def baseline(self, make_encoder: Callable[[], nn.Module]) -> dict[str, float]:
+        """``{"random_init_nn_mm": ...}`` of a freshly initialised encoder, computed once.
+
+        The encoder is built under a forked CPU RNG seeded with ``cfg.seed``, so the number is
+        reproducible and the training RNG stream is not advanced.
+        """
+        if self._baseline is None:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.cfg.seed)
+                encoder = make_encoder()
+            neighbours = self.neighbours
+            result = self.evaluate(encoder.to(self.device))
+            self.neighbours = neighbours  # keep the trained encoder's neighbours
+            self._baseline = {"random_init_nn_mm": result["nn_mm"]}
+        return dict(self._baseline)
+
+
+def format_report(metrics: dict[str, float], baseline: dict[str, float] | None = None) -> str:
+    """One line: the encoder's NN error beside its references (mm)."""
+    parts = [f"encoder {metrics['nn_mm']:.1f}"]
+    if baseline and "random_init_nn_mm" in baseline:
+        parts.append(f"random-init {baseline['random_init_nn_mm']:.1f}")
+    parts += [f"random neighbour {metrics['random_mm']:.1f}", f"oracle {metrics['oracle_mm']:.1f}"]
+    n = f", n={int(metrics['n'])}" if "n" in metrics else ""
+    return ("retrieval (PA keypoint error of the NN from another sequence, mm"
+            f"{n}): " + " | ".join(parts))
