@@ -560,10 +560,15 @@ def run(cfg: PretrainConfig, env: cdist.DistEnv | None = None) -> int:
             rng_states = trainer.resume()
             if env.is_main:
                 save_config(cfg, cfg.run_dir / "config.yaml")
-            trainer.start_tracking()
-            trainer.start_monitor()
-            trainer.seed_rng(rng_states)
-            code = trainer.run(flag)
+            try:
+                trainer.start_tracking()
+                trainer.start_monitor()
+                trainer.seed_rng(rng_states)
+                code = trainer.run(flag)
+            except BaseException:
+                if trainer.tracker is not None:  # the MLflow run says what happened
+                    trainer.tracker.close("FAILED", timeout=10.0)
+                raise
             trainer.finish(code)
             if code == EXIT_PREEMPTED:
                 log.warning("checkpointed at step %d after %s; exit %d (requeue to resume)",
