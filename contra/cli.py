@@ -134,14 +134,13 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from contra.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-    from contra.nets import export_contra_hand, export_torchvision
+    from contra.nets import EXPORTS
 
     state = load_checkpoint(args.checkpoint)
     if "model" not in state:
         raise CheckpointError(f"{args.checkpoint}: no 'model' entry (not a pretraining checkpoint)")
-    convert = export_torchvision if args.format == "torchvision" else export_contra_hand
     try:
-        weights = convert(state["model"])
+        weights = EXPORTS[args.format](state["model"])
     except ValueError as e:
         raise CheckpointError(f"{args.checkpoint}: model: {e}") from None
     save_checkpoint(weights, args.out)

@@ -205,6 +205,10 @@ def export_contra_hand(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
+#: ``contra export --format`` name → conversion of a (MoCo) state dict.
+EXPORTS = {"torchvision": export_torchvision, "contra-hand": export_contra_hand}
+
+
 def transfer_backbone(src_state: Mapping[str, Tensor], dst_model: nn.Module) -> int:
     """Copy every ``src_state`` entry whose name and shape match one of ``dst_model``'s.
 

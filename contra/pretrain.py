@@ -48,11 +48,16 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from contra import dist as cdist
 from contra.atomic import write_text_atomic
-from contra.checkpoint import CheckpointManager, capture_rng_state, restore_rng_state
+from contra.checkpoint import (
+    CheckpointManager,
+    capture_rng_state,
+    restore_rng_state,
+    save_checkpoint,
+)
 from contra.config import ConfigError, load_config, save_config, to_dict
 from contra.data.hanco import HanCo
 from contra.moco import MoCo
-from contra.nets import EmbedNet, export_contra_hand, export_torchvision
+from contra.nets import EXPORTS, EmbedNet
 from contra.pairs import PairConfig, PairDataset
 from contra.preempt import EXIT_PREEMPTED, PreemptionFlag
 from contra.queue import ShardedQueue
@@ -507,13 +512,10 @@ class Trainer:
         out = self.cfg.run_dir / "export"
         out.mkdir(parents=True, exist_ok=True)
         sd = {k: v.cpu() for k, v in self.model.encoder_q.state_dict().items()}
-        paths = [out / "backbone_torchvision.pth", out / "embed_contra_hand.pth"]
-        from contra.checkpoint import save_checkpoint
-
-        save_checkpoint(export_torchvision(sd), paths[0])
-        save_checkpoint(export_contra_hand(sd), paths[1])
-        listing = out / "weights.txt"
-        listing.write_text("".join(f"{p.resolve()}\n" for p in paths))
+        names = {"torchvision": "backbone_torchvision.pth", "contra-hand": "embed_contra_hand.pth"}
+        paths = [save_checkpoint(EXPORTS[fmt](sd), out / name) for fmt, name in names.items()]
+        listing = write_text_atomic(out / "weights.txt",
+                                    "".join(f"{p.resolve()}\n" for p in paths))
         log.info("exported the query encoder to %s", out)
         return [listing]
 

@@ -34,7 +34,7 @@ from typing import Any
 
 import submitit
 
-EXIT_PREEMPTED = 75  # contra.pretrain.EXIT_PREEMPTED (not imported: the launcher needs no torch)
+from contra.preempt import EXIT_PREEMPTED  # torch-free: the launcher stays light
 
 
 def _preempt_signal() -> signal.Signals:
