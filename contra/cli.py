@@ -8,27 +8,13 @@ writes the resolved config beside its outputs.  Known input problems end with on
 from __future__ import annotations
 
 import argparse
-import logging
-import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from contra.config import ConfigError, load_config
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions whose message is already a complete one-line explanation for the user."""
-    from contra.checkpoint import CheckpointError
-    from contra.data.errors import DataFormatError
-    from contra.demo import DemoError
-    from contra.dist import DistEnvError
-    from contra.evaluation import EvaluationInputError
-    from contra.mano.io import ManoFileError
-
-    return (ConfigError, ManoFileError, EvaluationInputError, DataFormatError, FileNotFoundError,
-            CheckpointError, DistEnvError, DemoError)
+from contra.config import load_config
+from contra.entry import add_config_args, configure_logging, guarded
 
 
 # ------------------------------------------------------------------------------ subcommands
@@ -132,6 +118,12 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     return run(load(args.config, args.overrides))
 
 
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from contra.finetune import load, run
+
+    return run(load(args.config, args.overrides))
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from contra.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
     from contra.nets import EXPORTS
@@ -150,12 +142,6 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------ parser
-def _add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", type=Path, default=None, help="YAML config file (default: built-in)")
-    p.add_argument("overrides", nargs="*", metavar="key.sub=value",
-                   help="override config entries, e.g. samples=100 noise.pose_std=0.1")
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="contra", description="Contrastive hand-shape pretraining and evaluation toolkit.")
@@ -166,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="run the main job on built-in synthetic defaults",
                        description="Stand-in MANO model, synthetic FreiHAND-format GT and "
                                    "predictions, official FreiHAND scores.")
-    _add_config_args(p)
+    add_config_args(p)
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("evaluate", help="score a FreiHAND pred.json (official protocol)",
@@ -183,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "DIR/hanco and DIR/freihand in the official layouts.")
     p.add_argument("--out", type=Path, default=None, help="output folder (config: out_dir)")
     p.add_argument("--seed", type=int, default=None, help="random seed (config: seed)")
-    _add_config_args(p)
+    add_config_args(p)
     p.set_defaults(func=cmd_synth)
 
     data = sub.add_parser("data", help="check or inspect HanCo / FreiHAND trees",
@@ -209,8 +195,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pretrain", help="MoCo pretraining on HanCo pairs (resumes from run_dir)",
                        description="MoCo v2 with a sharded queue; single process, torchrun or "
                                    "SLURM tasks. Exit 75 = checkpointed after a signal.")
-    _add_config_args(p)
+    add_config_args(p)
     p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("finetune", help="supervised MANO regression on FreiHAND (Table 1 rows)",
+                       description="Fine-tune ManoNet from scratch, ImageNet or a MoCo checkpoint "
+                                   "(init.mode, init.freeze); evaluates with the official "
+                                   "FreiHAND protocol. Exit 75 = checkpointed after a signal.")
+    add_config_args(p)
+    p.set_defaults(func=cmd_finetune)
 
     p = sub.add_parser("export", help="query-encoder weights from a pretraining checkpoint",
                        description="torchvision ResNet state dict (no fc) or the contra-hand "
@@ -240,18 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    rank = os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))
-    level = args.log_level if rank == "0" else max(logging.WARNING,
-                                                    logging.getLevelName(args.log_level))
-    logging.basicConfig(level=level,
-                        format=f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
+    configure_logging(args.log_level)
     func: Callable[[argparse.Namespace], int] = args.func
-    try:
-        return func(args)
-    except _user_errors() as exc:
-        print(f"contra: error: {exc}", file=sys.stderr)
-        return 2
+    return guarded(lambda: func(args))
 
 
 if __name__ == "__main__":

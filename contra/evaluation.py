@@ -271,17 +271,23 @@ def run_evaluation(
     xyz_pred, verts_pred = load_predictions(pred_path, len(xyz_gt), xyz_gt.shape[1])
     logger.info("evaluating %d samples of %s against %s", len(xyz_gt), pred_path, gt_dir)
     report = freihand_report(xyz_gt, verts_gt, xyz_pred, verts_pred, nonmano_align=nonmano_align)
+    write_scores(report, len(xyz_gt), out)
+    return report.scores
+
+
+def write_scores(report: FreihandReport, n_samples: int, out_dir: PathLike) -> None:
+    """OUT_DIR/scores.txt (official format) and scores.json (full precision), atomically."""
+    out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise _fail(str(out), f"cannot create directory: {e.strerror}") from None
     files = {
         out / "scores.txt": scores_txt(report.scores),
-        out / "scores.json": scores_json(report, len(xyz_gt)),
+        out / "scores.json": scores_json(report, n_samples),
     }
     _write_atomically(files)
     logger.info("wrote %s and %s", out / "scores.txt", out / "scores.json")
-    return report.scores
 
 
 def _cell(value: float | None, digits: int) -> str:

@@ -39,8 +39,7 @@ from __future__ import annotations
 
 import io
 import logging
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +50,7 @@ from scipy.ndimage import gaussian_filter, minimum_filter
 from contra.augment import Augmentation, AugParams, decode_rgb, image_size, load_view
 from contra.data.errors import DataFormatError
 from contra.data.hanco import N_CAMERAS, SUBSET_FOLDERS, HanCo
+from contra.data.retry import LOAD_ERRORS, ImageError, LoadStats, RetryPolicy
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ class PairConfig:
     online_cut_paste: bool = False
     augmentation: str = "mocov2"  # or "contra-hand"
     image_size: int | None = None  # None: the augmentation's (224 mocov2, 112 contra-hand)
-    seed: int = 0
+    seed: int | None = None  # None: derived from the run's seed (contra.seeding); 0 outside a run
     max_retries: int = 10  # extra attempts per item after a missing/corrupt image
     max_failure_fraction: float = 0.01  # of attempts, checked once min_attempts were made
     min_attempts: int = 200
@@ -223,32 +223,6 @@ def _read_background(path: Path, size: tuple[int, int]) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------- the dataset
-class _ImageError(Exception):
-    """A view's file is missing or cannot be decoded (internal: carries the path)."""
-
-    def __init__(self, path: Path, cause: BaseException) -> None:
-        super().__init__(f"{path}: {type(cause).__name__}: {cause}")
-        self.path = path
-
-
-@dataclass
-class LoadStats:
-    """Per-dataset (so per worker process) counters of item load attempts and failures."""
-
-    attempts: int = 0
-    failures: int = 0
-    examples: list[str] = field(default_factory=list)  # first few failing files, with reasons
-    last_warning: float = float("-inf")
-    suppressed: int = 0
-
-    @property
-    def failure_fraction(self) -> float:
-        return self.failures / self.attempts if self.attempts else 0.0
-
-
-_LOAD_ERRORS = (OSError, RuntimeError, ValueError, SyntaxError)
-
-
 class PairDataset(torch.utils.data.Dataset):
     """HanCo positive pairs: item ``idx`` → (view1, view2), float32 (3, S, S), x/255 − 0.5."""
 
@@ -261,7 +235,9 @@ class PairDataset(torch.utils.data.Dataset):
         self.backgrounds: list[Path] = hanco.backgrounds() if cfg.online_cut_paste else []
         self.sampler = PairSampler(hanco, cfg.strategies, cfg.subsets, len(self.backgrounds))
         self.epoch = 0
-        self.stats = LoadStats()
+        self.retry = RetryPolicy(cfg, source=hanco.root, label="HanCo pairs", noun="pair loads",
+                                 logger=log)
+        self.stats: LoadStats = self.retry.stats
         if len(hanco) == 0:
             raise DataFormatError(f"{hanco.root}: the HanCo sample index is empty")
 
@@ -277,7 +253,7 @@ class PairDataset(torch.utils.data.Dataset):
     def rng(self, idx: int, attempt: int = 0) -> np.random.Generator:
         """The generator of item ``idx`` (retry ``attempt``) in the current epoch."""
         return np.random.default_rng(
-            np.random.SeedSequence([self.config.seed, self.epoch, int(idx), attempt]))
+            np.random.SeedSequence([self.config.seed or 0, self.epoch, int(idx), attempt]))
 
     def _draw(self, rng: np.random.Generator, idx: int, attempt: int) -> PairDraw:
         n = len(self.hanco)
@@ -293,46 +269,18 @@ class PairDataset(torch.utils.data.Dataset):
     def __getitem__(self, idx: int) -> tuple[torch.Tensor, torch.Tensor]:
         if not 0 <= idx < len(self):
             raise IndexError(f"item {idx} out of range [0, {len(self)})")
-        errors: list[str] = []
-        for attempt in range(self.config.max_retries + 1):
-            rng = self.rng(idx, attempt)
-            pair = self._draw(rng, idx, attempt)
-            self.stats.attempts += 1
-            try:
-                return self.load(pair, rng)
-            except _ImageError as e:
-                error = e
-            errors.append(str(error))
-            self._failed(error)  # raises once the failure fraction is too high
-        raise DataFormatError(
-            f"item {idx}: all {len(errors)} attempts hit missing or corrupt images, e.g. "
-            f"{'; '.join(errors[:3])}")
+        return self.retry.run(idx, lambda attempt: self._attempt(idx, attempt))
 
-    def _failed(self, error: _ImageError) -> None:
-        st, cfg = self.stats, self.config
-        st.failures += 1
-        if len(st.examples) < 5:
-            st.examples.append(str(error))
-        now = time.monotonic()
-        if now - st.last_warning >= cfg.warn_interval_s:
-            extra = f" ({st.suppressed} more since the last warning)" if st.suppressed else ""
-            log.warning("HanCo pairs: %s; retrying with another draw%s [%d/%d attempts failed]",
-                        error, extra, st.failures, st.attempts)
-            st.last_warning, st.suppressed = now, 0
-        else:
-            st.suppressed += 1
-        if st.attempts >= cfg.min_attempts and st.failure_fraction > cfg.max_failure_fraction:
-            raise DataFormatError(
-                f"{self.hanco.root}: {st.failures} of {st.attempts} pair loads hit missing or "
-                f"corrupt images ({st.failure_fraction:.1%} > max_failure_fraction "
-                f"{cfg.max_failure_fraction:.1%}), e.g. {'; '.join(st.examples)}")
+    def _attempt(self, idx: int, attempt: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rng = self.rng(idx, attempt)
+        return self.load(self._draw(rng, idx, attempt), rng)
 
     # ---------------------------------------------------------------------------------- loading
     def _read(self, path: Path) -> bytes:
         try:
             return path.read_bytes()
         except OSError as e:
-            raise _ImageError(path, e) from None
+            raise ImageError(path, e) from None
 
     def _source(self, pair: PairDraw, view: int, path: Path) -> torch.Tensor | bytes:
         """Encoded bytes of a plain view (at ``path``), or the decoded uint8 composite."""
@@ -344,23 +292,23 @@ class PairDataset(torch.utils.data.Dataset):
         try:
             with Image.open(mask_path) as im:
                 mask = np.asarray(im.convert("L"))
-        except _LOAD_ERRORS as e:
-            raise _ImageError(mask_path, e) from None
+        except LOAD_ERRORS as e:
+            raise ImageError(mask_path, e) from None
         try:
             back = _read_background(self.backgrounds[bg], (fg.shape[1], fg.shape[2]))
-        except _LOAD_ERRORS as e:
-            raise _ImageError(self.backgrounds[bg], e) from None
+        except LOAD_ERRORS as e:
+            raise ImageError(self.backgrounds[bg], e) from None
         try:
             out = cut_and_paste(fg.permute(1, 2, 0).numpy(), mask, back)
         except ValueError as e:
-            raise _ImageError(mask_path, e) from None
+            raise ImageError(mask_path, e) from None
         return torch.from_numpy(out).permute(2, 0, 1)
 
     def _decode(self, path: Path, data: bytes) -> torch.Tensor:
         try:
             return decode_rgb(data)
-        except _LOAD_ERRORS as e:
-            raise _ImageError(path, e) from None
+        except LOAD_ERRORS as e:
+            raise ImageError(path, e) from None
 
     def _params(self, rng: np.random.Generator, path: Path,
                 src: torch.Tensor | bytes) -> AugParams:
@@ -369,14 +317,15 @@ class PairDataset(torch.utils.data.Dataset):
         else:
             try:
                 size = image_size(src)
-            except _LOAD_ERRORS as e:
-                raise _ImageError(path, e) from None
+            except LOAD_ERRORS as e:
+                raise ImageError(path, e) from None
         return self.augmentation.draw(rng, size)
 
     def load(self, pair: PairDraw, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """Load and augment both views of ``pair``, drawing augmentations from ``rng``.
 
-        Raises the internal ``_ImageError`` (a missing or undecodable file) for the retry loop.
+        Raises :class:`~contra.data.retry.ImageError` (a missing or undecodable file) for the
+        retry loop.
         """
         v1, v2 = pair.views
         path1 = self.hanco.image_path(subset_folder(v1[2]), pair.sid, v1[1], v1[0])
@@ -396,5 +345,5 @@ class PairDataset(torch.utils.data.Dataset):
             return self.augmentation.apply(src, params)
         try:
             return load_view(src, params)
-        except _LOAD_ERRORS as e:
-            raise _ImageError(path, e) from None
+        except LOAD_ERRORS as e:
+            raise ImageError(path, e) from None

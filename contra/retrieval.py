@@ -53,7 +53,7 @@ class RetrievalConfig:
 
     every_epochs: int = 1  # 0 disables the monitor
     frames: int = 256  # frames in the labelled set (capped at what the data has)
-    seed: int = 0
+    seed: int | None = None  # None: derived from the run's seed (contra.seeding); 0 outside a run
     subset: str = "merged"  # image variant of green-screen frames (a key of SUBSET_FOLDERS)
     include_test: bool = True  # also draw non-green-screen frames (read from rgb/)
     feature: Literal["backbone", "embedding"] = "backbone"  # pooled feature or MoCo head
@@ -159,7 +159,7 @@ def _draw_order(hanco: HanCo, cfg: RetrievalConfig) -> tuple[np.ndarray, np.ndar
     """Candidate flat frame indices in a seeded random order, with one camera drawn per frame."""
     meta = hanco.meta
     keep = np.ones(meta.n_total, bool) if cfg.include_test else meta.is_train
-    rng = np.random.default_rng(cfg.seed)
+    rng = np.random.default_rng(cfg.seed or 0)
     order = rng.permutation(np.flatnonzero(keep))
     return order, rng.integers(0, N_CAMERAS, size=order.size)
 
@@ -351,7 +351,7 @@ class RetrievalMonitor:
         """
         if self._baseline is None:
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(self.cfg.seed)
+                torch.manual_seed(self.cfg.seed or 0)
                 encoder = make_encoder()
             neighbours = self.neighbours
             result = self.evaluate(encoder.to(self.device))

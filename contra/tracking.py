@@ -52,7 +52,7 @@ class TrackingConfig:
 
     enabled: bool = True
     tracking_uri: str | None = None  # None: sqlite:///<run_dir>/mlflow.db
-    experiment: str = "contra-pretrain"
+    experiment: str | None = None  # None: contra-<stage> (contra-pretrain, contra-finetune)
     run_name: str | None = None
     retry_interval_s: float = 30.0
     request_timeout_s: float = 5.0
@@ -471,7 +471,7 @@ class Tracker:
                  self.ui_command(self._uri))
 
     def _experiment_id(self, client: MlflowClient) -> str:
-        name = self.cfg.experiment
+        name = self.cfg.experiment or "contra"
         exp = client.get_experiment_by_name(name)
         if exp is not None:
             if exp.lifecycle_stage == "deleted":

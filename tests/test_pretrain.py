@@ -10,7 +10,6 @@ import math
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from contra.cli import main as cli_main
 from contra.config import ConfigError
 from contra.preempt import EXIT_PREEMPTED, PreemptionFlag
 from contra.pretrain import OptimConfig, PretrainConfig, learning_rate, load
-from tests.netutil import free_port
+from tests.netutil import free_port, launch_ranks, wait_ranks
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs" / "pretrain"
@@ -44,23 +43,11 @@ def tiny(run_dir: Path, data: Path, **extra: object) -> list[str]:
 
 def launch(overrides: list[str], world: int, port: int, log_dir: Path) -> list[subprocess.Popen]:
     """``world`` ranks of ``python -m contra.pretrain`` (torchrun's environment variables)."""
-    procs = []
-    for rank in range(world):
-        env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank),
-               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"}
-        out = open(log_dir / f"rank{rank}.log", "ab")
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "contra.pretrain", "--config", str(CONFIGS / "demo.yaml"),
-             *overrides], env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT))
-    return procs
+    return launch_ranks("contra.pretrain", CONFIGS / "demo.yaml", overrides, world, port, log_dir)
 
 
 def wait_all(procs: list[subprocess.Popen], log_dir: Path, timeout: float = 300) -> list[int]:
-    codes = [p.wait(timeout=timeout) for p in procs]
-    if any(c not in (0, EXIT_PREEMPTED) for c in codes):
-        logs = "\n".join(f.read_text()[-3000:] for f in sorted(log_dir.glob("rank*.log")))
-        pytest.fail(f"exit codes {codes}\n{logs}")
-    return codes
+    return wait_ranks(procs, log_dir, (0, EXIT_PREEMPTED), timeout)
 
 
 def train(overrides: list[str], world: int, log_dir: Path) -> list[int]:

@@ -60,13 +60,21 @@ def default_mano_root() -> Path:
     env = os.environ.get("CONTRA_MANO_ROOT")
     if env:
         return Path(env)
+    root = standin_root()
+    log.warning("no MANO model given: using the procedural stand-in at %s", root)
+    return root
+
+
+def standin_root() -> Path:
+    """The procedural stand-in's folder (written once into the user cache)."""
+    import os
+
     from contra.mano.standin import write_standin
 
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "contra" / "mano"
     root = cache / "standin-seed0"
     if not (root / "MANO_RIGHT.pkl").exists() or not (root / "MANO_LEFT.pkl").exists():
         write_standin(root, seed=0)
-    log.warning("no MANO model given: using the procedural stand-in at %s", root)
     return root
 
 

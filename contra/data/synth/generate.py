@@ -75,6 +75,9 @@ class SynthConfig:
     freihand_train: int = 64  # unique FreiHAND training samples (from held-out subjects)
     freihand_eval: int = 32
     freihand_subjects: int = 4  # held-out performers: first half training, second evaluation
+    #: FreiHAND root orientations: None = uniform over all rotations; a number = at most that
+    #: many degrees from MANO's rest orientation (an easier task for CPU-length fine-tunes)
+    freihand_root_spread_deg: float | None = None
     workers: int = 2  # processes
     mano_root: str | None = None  # None: write the stand-in under out_dir/mano
     overwrite: bool = False  # replace existing hanco/ and freihand/ folders under out_dir
@@ -166,7 +169,8 @@ def _freihand_split(cfg: SynthConfig, freihand: Path, hanco: Path, hand: HandMod
         rng = rng_for(cfg.seed, STREAM_FREIHAND, stream, i)
         subject = subjects[int(rng.integers(len(subjects)))]
         K.append(freihand_intrinsics(rng))
-        theta.append(draw_freihand_theta(rng, hand.basis, subject.betas, K[-1]))
+        theta.append(draw_freihand_theta(rng, hand.basis, subject.betas, K[-1],
+                                         cfg.freihand_root_spread_deg))
         direction = rng.normal(0.0, 1.0, 3) + np.array([0.0, -0.5, -1.5])  # toward the camera
         light.append(direction / np.linalg.norm(direction))
         who.append(subject)

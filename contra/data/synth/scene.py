@@ -219,12 +219,20 @@ def freihand_intrinsics(rng: np.random.Generator) -> np.ndarray:
 
 
 def draw_freihand_theta(rng: np.random.Generator, basis: PoseBasis, betas: np.ndarray,
-                        K: np.ndarray) -> np.ndarray:
+                        K: np.ndarray, root_spread_deg: float | None = None) -> np.ndarray:
     """One camera-frame θ (61,): random articulation and root, keypoint 9 near the image centre,
-    scale f/z around 730 (the MANO net's normalisation, spec §3.3)."""
+    scale f/z around 730 (the MANO net's normalisation, spec §3.3).
+
+    The root orientation is uniform over all rotations, or, with ``root_spread_deg``, a rotation
+    of at most that angle (uniform angle, uniform axis) away from MANO's rest orientation.
+    """
     curl, synergy = draw_articulation_keys(rng, 1)
     hand = basis.articulation(curl, synergy)[0]
-    root = Rotation.random(random_state=rng).as_rotvec()
+    if root_spread_deg is None:
+        root = Rotation.random(random_state=rng).as_rotvec()
+    else:
+        axis = rng.normal(size=3)
+        root = axis / np.linalg.norm(axis) * np.radians(rng.uniform(0.0, root_spread_deg))
     uv = K[:2, 2] + np.clip(rng.normal(0.0, 8.0, 2), -20.0, 20.0)
     scale = np.clip(rng.normal(730.0, 50.0), 630.0, 830.0)
     return np.concatenate([root, hand, betas, uv, [scale]])

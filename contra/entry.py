@@ -1,0 +1,76 @@
+"""The boundary between a command and the library: logging set-up and errors → exit codes.
+
+Both ``contra <command>`` (:mod:`contra.cli`) and the stage modules run as ``python -m
+contra.pretrain`` / ``python -m contra.finetune`` (what torchrun and SLURM tasks start) go through
+:func:`guarded`, so a known input problem ends the same way everywhere: one line
+``contra: error: <file>: <what>`` on stderr and exit code 2, never a traceback. Only this module
+and :mod:`contra.cli` print; the library logs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from contra.config import ConfigError
+
+EXIT_USER_ERROR = 2
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions whose message is already a complete one-line explanation for the user."""
+    from contra.checkpoint import CheckpointError
+    from contra.data.errors import DataFormatError
+    from contra.demo import DemoError
+    from contra.dist import DistEnvError
+    from contra.evaluation import EvaluationInputError
+    from contra.mano.io import ManoFileError
+
+    return (ConfigError, ManoFileError, EvaluationInputError, DataFormatError, FileNotFoundError,
+            CheckpointError, DistEnvError, DemoError)
+
+
+def configure_logging(level: str = "INFO") -> None:
+    """Rank-tagged log lines; ranks other than 0 log warnings and errors only."""
+    from contra.dist import DistEnvError, discover
+
+    try:
+        rank = discover().rank
+    except DistEnvError:
+        rank = 0
+    numeric = logging.getLevelName(level)
+    effective = numeric if rank == 0 else max(logging.WARNING, numeric)
+    logging.basicConfig(level=effective,
+                        format=f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+
+
+def guarded(func: Callable[[], int]) -> int:
+    """Run ``func``; a known user error becomes one stderr line and exit code 2."""
+    try:
+        return func()
+    except user_errors() as exc:
+        print(f"contra: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+
+
+def add_config_args(p: argparse.ArgumentParser) -> None:
+    """``--config FILE`` plus ``key.sub=value`` overrides, as every stage takes them."""
+    p.add_argument("--config", type=Path, default=None, help="YAML config file (default: built-in)")
+    p.add_argument("overrides", nargs="*", metavar="key.sub=value",
+                   help="override config entries, e.g. batch_size=64 optim.lr=0.03")
+
+
+def stage_main(prog: str, description: str, run: Callable[[Path | None, list[str]], int],
+               argv: Sequence[str] | None = None) -> int:
+    """``python -m contra.<stage> --config FILE [key=value ...]`` for a stage's ``run``."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--log-level", default="INFO",
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="library log level")
+    add_config_args(parser)
+    args = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
+    configure_logging(args.log_level)
+    return guarded(lambda: run(args.config, list(args.overrides)))
