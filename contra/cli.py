@@ -19,7 +19,7 @@ from contra.entry import add_config_args, configure_logging, guarded
 
 # ------------------------------------------------------------------------------ subcommands
 def cmd_demo(args: argparse.Namespace) -> int:
-    from contra.demo import DemoConfig, run_demo, run_pretrain_demo
+    from contra.demo import DemoConfig, run_demo, run_pretrain_demo, run_sweep_demo
     from contra.evaluation import format_table
 
     cfg = load_config(DemoConfig, args.config, args.overrides)
@@ -28,6 +28,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"\nwrote {cfg.out_dir}/ (config.yaml, mano/, gt/, pred.json, eval/scores.txt)")
     if cfg.pretrain.enabled:
         _print_pretrain(run_pretrain_demo(cfg), cfg)
+    if cfg.sweep.enabled:
+        _print_sweep(run_sweep_demo(cfg))
     return 0
 
 
@@ -35,7 +37,8 @@ def _print_pretrain(summary: dict, cfg: Any) -> None:
     """The retrieval monitor before and after pretraining, and where the MLflow run is."""
     rows = summary["retrieval"]
     print(f"\nMoCo pretraining, {cfg.pretrain.ranks} ranks, {cfg.pretrain.config}: "
-          f"{summary['step']} steps, {summary['epoch']} epochs → {summary['run_dir']}")
+          f"{summary['step']} steps, {summary['epoch']} epochs → {summary['run_dir']} "
+          f"({summary['seconds']:.0f} s)")
     if rows:
         print("pose retrieval: PA-aligned keypoint error (mm) of the nearest embedding "
               "neighbour from another sequence")
@@ -46,6 +49,35 @@ def _print_pretrain(summary: dict, cfg: Any) -> None:
     if summary.get("mlflow_run_id"):
         print(f"MLflow run {summary['mlflow_run_id']} in {summary['tracking_uri']}")
         print(f"open the MLflow UI: {summary['mlflow_ui']}")
+        if summary.get("mlflow_url"):
+            print(f"  then browse the runs: {summary['mlflow_url']}")
+
+
+def _print_sweep(summary: dict) -> None:
+    """Table 1 of the demo's sweep (or, without ``contra.report``, the mean per row) and the
+    one command that opens its MLflow store: the last thing the demo prints."""
+    kids = summary["children"]
+    finished = sum(k["status"] == "FINISHED" for k in kids)
+    again = " (finished before: reported, not rerun)" if summary["reused"] else ""
+    print(f"\nfine-tuning sweep{again}: {finished} of {len(kids)} runs FINISHED, parent run "
+          f"{summary['parent_run_id']} ({summary['status']}) → {summary['sweep_dir']} "
+          f"({summary['seconds']:.0f} s)")
+    report = summary["report"]
+    if report and report["printed"]:
+        print(f"Table 1: printed above by the sweep; {', '.join(report['files'].values())}")
+    elif report:
+        print()
+        print(report["markdown"].rstrip())
+        print(f"wrote {', '.join(report['files'].values())}")
+    else:
+        print("(no contra.report: the mean final scores per Table 1 row over its FINISHED seeds)")
+        print(f"{'row':>9} {'seeds':>5} {'PA mesh (cm)':>13} {'F@5':>6} {'F@15':>6}")
+        for row, r in summary["rows"].items():
+            print(f"{row:>9} {r['seeds']:>5} {r['mesh_al_mean3d_cm']:13.3f} "
+                  f"{r['f_al_score_5']:6.3f} {r['f_al_score_15']:6.3f}")
+    print(f"\nMLflow: experiment {summary['experiment']} in {summary['tracking_uri']}")
+    print(f"open the MLflow UI: {summary['mlflow_ui']}")
+    print(f"  then browse the runs: {summary['mlflow_url']}")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -141,6 +173,18 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from contra.report import build_report, resolve_uri
+
+    report = build_report(args.experiment, resolve_uri(args.tracking_uri), args.out,
+                          sweep=args.sweep)
+    print(report.markdown)
+    print(f"wrote {', '.join(str(p) for p in report.files.values())}")
+    if report.logged_to:
+        print(f"logged them as artifacts of sweep run {report.logged_to}")
+    return 0
+
+
 # ------------------------------------------------------------------------------ parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -214,6 +258,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torchvision: backbone for torchvision.models.resnetXX (default); "
                         "contra-hand: backbone + embed head (fc, fc2)")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("report", help="Table 1 from the fine-tune runs in MLflow",
+                       description="Groups fine-tune runs by (strategy, table1_row), averages the "
+                                   "final FreiHAND scores over seeds, names missing and failed "
+                                   "seeds; writes OUT/table1.md, table1.csv, table1.png.")
+    p.add_argument("--experiment", required=True, metavar="NAME",
+                   help="MLflow experiment, e.g. contra-finetune")
+    p.add_argument("--tracking-uri", default=None, metavar="URI",
+                   help="sqlite:////abs/mlflow.db or http://host:port "
+                        "(default: $MLFLOW_TRACKING_URI)")
+    p.add_argument("--sweep", default=None, metavar="PARENT_RUN_ID",
+                   help="only the child runs of this sweep run; the files are logged to it")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
+    p.set_defaults(func=cmd_report)
 
     mano = sub.add_parser("mano", help="MANO model files",
                           description="Write the stand-in model or check a model file.")

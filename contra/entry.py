@@ -28,9 +28,10 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from contra.dist import DistEnvError
     from contra.evaluation import EvaluationInputError
     from contra.mano.io import ManoFileError
+    from contra.report import ReportError
 
     return (ConfigError, ManoFileError, EvaluationInputError, DataFormatError, FileNotFoundError,
-            CheckpointError, DistEnvError, DemoError)
+            CheckpointError, DistEnvError, DemoError, ReportError)
 
 
 def configure_logging(level: str = "INFO") -> None:

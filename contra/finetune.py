@@ -26,10 +26,10 @@ import logging
 import math
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -59,6 +59,7 @@ log = logging.getLogger("contra.finetune")
 __all__ = ["FinetuneConfig", "FinetuneStage", "load", "main", "run"]
 
 CHECKPOINT_FORMAT = "contra-finetune/1"
+OnEval = Callable[[int, dict[str, float]], None]
 BEST_FORMAT = "contra-finetune-best/1"
 STANDIN = "standin"
 #: the official score keys logged as ``eval/<key>`` (mean errors in cm, AUC and F unitless)
@@ -119,6 +120,11 @@ class FinetuneConfig(RunConfig):
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
+def eval_metric(key: str) -> str:
+    """The MLflow name of an official score: ``eval/<key>``, ``_cm`` added to mean errors."""
+    return f"eval/{key}_cm" if key.endswith("mean3d") else f"eval/{key}"
+
+
 def learning_rate(opt: OptimConfig, step: int, max_steps: int) -> float:
     """Step decay: ``lr · gamma^(milestones passed)``, milestones as fractions of max_steps."""
     passed = sum(step >= round(m * max_steps) for m in opt.milestones)
@@ -149,9 +155,12 @@ class FinetuneStage:
     name = "finetune"
     checkpoint_format = CHECKPOINT_FORMAT
     unit = "samples"
+    #: MLflow names under train/ where the unit is not obvious
+    metric_names: ClassVar[dict[str, str]] = {"loss_xyz": "loss_xyz_m", "loss_uv": "loss_uv_px224",
+                                              "data_wait": "data_wait_frac"}
 
-    def __init__(self, cfg: FinetuneConfig, run: Run) -> None:
-        self.cfg, self.run = cfg, run
+    def __init__(self, cfg: FinetuneConfig, run: Run, on_eval: OnEval | None = None) -> None:
+        self.cfg, self.run, self.on_eval = cfg, run, on_eval
         self.size = cfg.data.image_size
         self.dataset = SupervisedDataset(cfg.data, "training")
         self.sampler = run.sampler(self.dataset, str(cfg.data.root))
@@ -274,13 +283,15 @@ class FinetuneStage:
         step = self.run.progress.step
         history = self.run.progress.history
         history.setdefault("eval", []).append({"step": step, **scores})
-        self.run.log_metrics({f"eval/{k}": v for k, v in scores.items()})
+        self.run.log_metrics({eval_metric(k): v for k, v in scores.items()})
         best = history.get("best")
         if best is None or scores["mesh_al_mean3d"] < best["mesh_al_mean3d"]:
             history["best"] = {"step": step, **scores}
             save_checkpoint({"format": BEST_FORMAT, "model": self.state_dict()["model"],
                              "step": step, "scores": scores}, d.best)
         self._figure(verts)
+        if self.on_eval is not None:
+            self.on_eval(step, scores)
         log.info("step %d: PA mesh error %.3f cm, F@5 %.3f, F@15 %.3f (best %.3f cm at step %d)",
                  step, scores["mesh_al_mean3d"], scores["f_al_score_5"],
                  scores["f_al_score_15"], history["best"]["mesh_al_mean3d"],
@@ -335,9 +346,14 @@ class FinetuneStage:
 
 
 # --------------------------------------------------------------------------------- entry
-def run(cfg: FinetuneConfig, env: cdist.DistEnv | None = None) -> int:
-    """Fine-tune (or resume) in ``cfg.run_dir``; 0 when done, EXIT_PREEMPTED after a signal."""
-    return run_stage(cfg, lambda r: FinetuneStage(cfg, r), env)
+def run(cfg: FinetuneConfig, env: cdist.DistEnv | None = None,
+        on_eval: OnEval | None = None) -> int:
+    """Fine-tune (or resume) in ``cfg.run_dir``; 0 when done, EXIT_PREEMPTED after a signal.
+
+    ``on_eval(step, scores)`` is called on rank 0 after every evaluation (official keys, mean
+    errors in cm): how a sweep driver hears of progress without contra knowing the driver.
+    """
+    return run_stage(cfg, lambda r: FinetuneStage(cfg, r, on_eval), env)
 
 
 def load(config: str | Path | None, overrides: Sequence[str] = ()) -> FinetuneConfig:

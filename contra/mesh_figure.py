@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from contra.atomic import replacing
 from contra.data.synth.render import rasterize, shade
+from contra.tracking import save_png
 
 _LIGHT = np.array([0.3, -0.5, -1.0])
 _ALPHA = 0.65
@@ -64,7 +64,4 @@ def save_mesh_figure(path: Path | str, images: Sequence[np.ndarray],
         ax.axis("off")
     fig.suptitle("predicted mesh (blue) over the image; GT outline (yellow)", fontsize=9)
     fig.tight_layout()
-    path = Path(path)
-    with replacing(path) as tmp:
-        fig.savefig(tmp, format="png")
-    return path
+    return save_png(fig, path)

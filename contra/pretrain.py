@@ -36,7 +36,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
@@ -152,7 +152,9 @@ class MocoStage:
     name = "pretrain"
     checkpoint_format = CHECKPOINT_FORMAT
     unit = "pairs"
-    run_name = None
+    #: MLflow names under train/ where the unit is not obvious
+    metric_names: ClassVar[dict[str, str]] = {"acc1": "acc1_pct", "acc5": "acc5_pct",
+                                              "data_wait": "data_wait_frac"}
 
     def __init__(self, cfg: PretrainConfig, run: Run) -> None:
         self.cfg, self.run = cfg, run
@@ -172,6 +174,7 @@ class MocoStage:
         self.optimizer = torch.optim.SGD(params, lr=cfg.optim.lr, momentum=cfg.optim.momentum,
                                          weight_decay=cfg.optim.weight_decay)
         self.lr = cfg.optim.lr
+        self.run_name = f"pretrain {'+'.join(cfg.pairs.strategies)} seed {cfg.seed}"
         self.monitor: RetrievalMonitor | None = None
         self.baseline: dict[str, float] = {}
         run.progress.history.setdefault("retrieval", [])
@@ -267,7 +270,7 @@ class MocoStage:
         m = cfg.model
         self.baseline = self.monitor.baseline(lambda: EmbedNet(
             m.arch, m.dim, m.dilate_last, m.bn_momentum, m.dropout))
-        run.log_metrics(self.baseline)
+        run.log_metrics({f"retrieval/{k}": v for k, v in self.baseline.items()})
         if run.progress.step == 0:
             self._monitor(0)
 
@@ -276,8 +279,7 @@ class MocoStage:
         assert self.monitor is not None
         with torch.random.fork_rng(devices=[]):
             scores = self.monitor.evaluate(self.model.encoder_q)
-        named = {f"retrieval_{k}": v for k, v in scores.items()}
-        self.run.stats.update(named)
+        named = {f"retrieval/{k}": v for k, v in scores.items()}
         log.info("epoch %d: %s", epoch, format_report(scores, self.baseline))
         history = self.run.progress.history.setdefault("retrieval", [])
         history.append({"epoch": epoch, "step": self.run.progress.step, **scores,
@@ -306,8 +308,9 @@ class MocoStage:
         sd = {k: v.cpu() for k, v in self.model.encoder_q.state_dict().items()}
         names = {"torchvision": "backbone_torchvision.pth", "contra-hand": "embed_contra_hand.pth"}
         paths = [save_checkpoint(EXPORTS[fmt](sd), out / name) for fmt, name in names.items()]
-        listing = write_text_atomic(out / "weights.txt",
-                                    "".join(f"{p.resolve()}\n" for p in paths))
+        # relative to the run directory, so the listing survives moving the folder
+        listing = write_text_atomic(out / "weights.txt", "".join(
+            f"{p.resolve().relative_to(self.run.dir.root.resolve())}\n" for p in paths))
         log.info("exported the query encoder to %s", out)
         return [listing]
 

@@ -42,7 +42,7 @@ from contra.loop import StepTimer, agree, epoch_loader, progress_bar
 from contra.preempt import EXIT_PREEMPTED, PreemptionFlag
 from contra.rundir import RunDir
 from contra.seeding import seed_everything
-from contra.tracking import Tracker, TrackingConfig
+from contra.tracking import Tracker, TrackingConfig, runs_view_url
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +103,7 @@ class Stage(Protocol):
     checkpoint_format: str  # e.g. "contra-moco/1": a resume refuses other formats
     unit: str  # what one item of a batch is ("pairs", "samples"), for the throughput
     run_name: str | None  # the MLflow run name unless tracking.run_name is set
+    metric_names: dict[str, str]  # per-step value → its MLflow name under train/ (units added)
     dataset: Dataset
     sampler: DistributedSampler
 
@@ -225,6 +226,8 @@ class Run:
         """
         latest = self.ckpt.latest()
         if latest is None:
+            if self.dir.mlflow_run.is_file():
+                self.run_id = self.dir.mlflow_run.read_text().strip() or None
             return None
         state = self.ckpt.load(map_location="cpu")
         if state.get("format") != stage.checkpoint_format:
@@ -262,6 +265,8 @@ class Run:
                                    run_name=tcfg.run_name or stage.run_name)
         tags = {"world_size": str(self.world), "device": self.device.type, "stage": stage.name,
                 **tags}
+        if tcfg.parent_run_id:
+            tags["mlflow.parentRunId"] = tcfg.parent_run_id
         self.tracker = Tracker(tcfg, self.cfg.run_dir, run_id=self.run_id, tags=tags)
         self.tracker.log_params({**to_dict(self.cfg), "derived": {
             "world_size": self.world, "batch_per_rank": self.batch,
@@ -269,6 +274,8 @@ class Run:
         # a bounded wait, so the first checkpoint can name the run; a server that is down only
         # delays the start by this much (the run is created when it comes back)
         self.run_id = self.tracker.wait_for_run(timeout=15.0)
+        if self.run_id is not None:
+            write_text_atomic(self.dir.mlflow_run, self.run_id)
         if self.run_id is None:
             log.warning("MLflow run not created yet (%s); training goes on", self.tracker.uri)
 
@@ -291,12 +298,17 @@ class Run:
             self.tracker.close("FINISHED" if code == 0 else "KILLED")
             summary.update(tracking_uri=self.tracker.uri, mlflow_run_id=self.tracker.run_id,
                            mlflow_ui=Tracker.ui_command(self.tracker.uri))
+            if self.tracker.experiment_id is not None:
+                summary["mlflow_url"] = runs_view_url(self.tracker.uri,
+                                                      self.tracker.experiment_id)
         write_text_atomic(self.dir.summary, json.dumps(summary, indent=1))
 
     # ------------------------------------------------------------------------------ loop
     def train(self, stage: Stage) -> int:
         """Train to the end (0) or to an agreed stop request (EXIT_PREEMPTED)."""
         p = self.progress
+        if self.cfg.max_steps and p.step >= self.cfg.max_steps:
+            return 0  # a finished run started again: nothing left to do
         bar = progress_bar(self.total_steps, p.step, self.env.is_main and self.cfg.progress,
                            stage.name)
         try:
@@ -345,7 +357,8 @@ class Run:
             p.history.setdefault("step", []).append(p.step)
             for key in means:
                 p.history.setdefault(key, []).append(means[key])
-            self.log_metrics({**self.stats, "epoch": p.epoch})
+            self.log_metrics({f"train/{stage.metric_names.get(k, k)}": v
+                              for k, v in {**self.stats, "epoch": p.epoch}.items()})
 
 
 def _device(cfg: RunConfig, env: cdist.DistEnv) -> torch.device:

@@ -36,6 +36,12 @@ class RunDir:
         return self.root / "run.json"
 
     @property
+    def mlflow_run(self) -> Path:
+        """The MLflow run id, written as soon as the run exists (a crash before the first
+        checkpoint still restarts in the same run)."""
+        return self.root / "mlflow_run_id"
+
+    @property
     def checkpoints(self) -> Path:
         return self.root / "checkpoints"
 

@@ -54,6 +54,7 @@ class TrackingConfig:
     tracking_uri: str | None = None  # None: sqlite:///<run_dir>/mlflow.db
     experiment: str | None = None  # None: contra-<stage> (contra-pretrain, contra-finetune)
     run_name: str | None = None
+    parent_run_id: str | None = None  # nest the run under this one (a sweep's parent run)
     retry_interval_s: float = 30.0
     request_timeout_s: float = 5.0
     max_buffer: int = 100_000
@@ -194,6 +195,7 @@ class Tracker:
         self._down = False  # between a failed attempt and the next success
         self._flushed: int | None = None  # records sent since reconnecting, until drained
         self._dropped = 0
+        self._experiment: str | None = None
         self._known_params: dict[str, str] = {}
         self._warned_params = False
         self._thread = threading.Thread(target=self._loop, name="mlflow-tracker", daemon=True)
@@ -315,6 +317,11 @@ class Tracker:
             self.close("FINISHED")
         else:
             self.close("FAILED" if issubclass(exc_type, Exception) else "KILLED")
+
+    @property
+    def experiment_id(self) -> str | None:
+        """The run's experiment id once the run exists in the store."""
+        return self._experiment if self._run_ready.is_set() else None
 
     @staticmethod
     def ui_command(uri: str) -> str:
@@ -464,6 +471,7 @@ class Tracker:
             if self._resume and run.info.run_id == self._resume and self._init_tags:
                 self._ops.appendleft(_Tags(self._init_tags))  # create_run set them otherwise
             self._known_params = dict(run.data.params)
+            self._experiment = run.info.experiment_id
             self._run_id = run.info.run_id
             self._resume = None
             self._run_ready.set()
@@ -542,6 +550,21 @@ class Tracker:
             self._send_isolating(client, [entity], kind)
 
 
+# --------------------------------------------------------------------------- the UI
+UI_LOCAL = "http://127.0.0.1:5000"  # where `mlflow ui` (Tracker.ui_command) serves
+
+
+def runs_view_url(uri: str, experiment_id: str) -> str:
+    """The MLflow UI page that lists an experiment's runs (MLflow 3.x).
+
+    MLflow 3 opens experiments in its GenAI view (traces, an assistant) unless the URL asks for
+    the classic one: ``workflowType=machine_learning`` on the hash route ``/experiments/<id>/runs``.
+    A SQLite store is served by the ``mlflow ui`` command at 127.0.0.1:5000; a server is its URI.
+    """
+    base = uri.rstrip("/") if _is_http(uri) else UI_LOCAL
+    return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
 # --------------------------------------------------------------------------- figures
 def save_curve(path: Path | str, series: Mapping[str, tuple[list[int], list[float]]],
                title: str = "", xlabel: str = "step", ylabel: str = "loss") -> Path:
@@ -566,6 +589,11 @@ def save_curve(path: Path | str, series: Mapping[str, tuple[list[int], list[floa
         ax.legend(loc="best")
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
+    return save_png(fig, path)
+
+
+def save_png(fig: Any, path: Path | str) -> Path:
+    """Write a matplotlib figure as PNG atomically (a reader never sees half a file)."""
     path = Path(path)
     with replacing(path) as tmp:
         fig.savefig(tmp, format="png")

@@ -27,17 +27,30 @@ def test_help_on_every_subcommand(args: list[str]) -> None:
 
 TINY_PRETRAIN = ("[epochs=1, batch_size=16, workers=0, pairs.image_size=32, moco.queue_size=64, "
                  "monitor.frames=16, checkpoint.every_steps=0]")
+TINY_FINETUNE = ("[max_steps=2, eval.every_steps=2, data.image_size=32, batch_size=4, "
+                 "checkpoint.every_steps=0, eval.figure_samples=1, log_every=1]")
+
+
+def demo_args(repo: Path, out: Path, synth_root: Path) -> list[str]:
+    """All three stages on tiny settings: 2-rank pretraining for 3 steps, then a sweep of
+    scratch / fixed / full × 2 seeds of 2 fine-tune steps each."""
+    return ["demo", "--config", str(repo / "configs" / "demo.yaml"), f"out_dir={out}",
+            "samples=40", f"pretrain.data_dir={synth_root}",
+            f"pretrain.config={repo / 'configs' / 'pretrain' / 'demo.yaml'}",
+            f"pretrain.overrides={TINY_PRETRAIN}",
+            f"sweep.config={repo / 'configs' / 'sweep' / 'demo.yaml'}",
+            f"sweep.script={repo / 'jobs' / 'sweep.py'}",
+            f"sweep.overrides=[finetune_config={repo / 'configs' / 'finetune' / 'demo.yaml'}]",
+            f"sweep.finetune={TINY_FINETUNE}"]
 
 
 def test_demo_end_to_end(tmp_path: Path, synth_root: Path) -> None:
-    """Both stages: FreiHAND scoring, then 2-rank pretraining on (here: existing) synthetic data."""
+    """All stages: FreiHAND scoring, 2-rank pretraining on (here: existing) synthetic data, the
+    fine-tuning sweep over that run with Table 1; a second start only reports the sweep."""
     out = tmp_path / "demo"
     repo = Path(__file__).resolve().parents[1]
-    res = run("demo", "--config", str(repo / "configs" / "demo.yaml"), f"out_dir={out}",
-              "samples=40", f"pretrain.data_dir={synth_root}",
-              f"pretrain.config={repo / 'configs' / 'pretrain' / 'demo.yaml'}",
-              f"pretrain.overrides={TINY_PRETRAIN}", cwd=tmp_path)
-    assert res.returncode == 0, res.stderr[-3000:]
+    res = run(*demo_args(repo, out, synth_root), cwd=tmp_path)
+    assert res.returncode == 0, (res.stdout[-3000:], res.stderr[-3000:])
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["samples"] == 40 and saved["out_dir"] == str(out)
     scores = json.loads((out / "eval" / "scores.json").read_text())
@@ -61,6 +74,35 @@ def test_demo_end_to_end(tmp_path: Path, synth_root: Path) -> None:
     assert float(after[1]) == pytest.approx(history[1]["nn_mm"], abs=0.006)
     assert f"MLflow run {summary['mlflow_run_id']}" in res.stdout
     assert "open the MLflow UI: mlflow ui --backend-store-uri sqlite:///" in res.stdout
+    _check_sweep(out, res.stdout, summary["mlflow_run_id"])
+    again = run(*demo_args(repo, out, synth_root), "pretrain.enabled=false", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "[sweep] start" not in again.stdout and "reported, not rerun" in again.stdout
+    assert "6 of 6 runs FINISHED" in again.stdout
+
+
+def _check_sweep(out: Path, stdout: str, pretrain_run: str) -> None:
+    """Stage 3: 6 FINISHED child runs of one FINISHED parent, Table 1 and the UI command."""
+    from mlflow import MlflowClient
+
+    state = json.loads((out / "sweeps" / "demo" / "sweep.json").read_text())
+    uri = state["tracking_uri"]
+    assert uri == f"sqlite:///{out / 'sweeps' / 'demo' / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    parent = client.get_run(state["parent_run_id"])
+    kids = client.search_runs([parent.info.experiment_id],
+                              f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert parent.info.status == "FINISHED" and {k.info.status for k in kids} == {"FINISHED"}
+    assert sorted((k.data.tags["table1_row"], k.data.tags["seed"]) for k in kids) == [
+        (row, seed) for row in ("fixed", "full", "scratch") for seed in ("0", "1")]
+    assert {k.data.tags["pretrain_run_id"] for k in kids
+            if k.data.tags["table1_row"] != "scratch"} == {pretrain_run}
+    assert stdout.count("[sweep] done ") == 6 and "6 of 6 runs FINISHED" in stdout
+    assert "**Table 1**" in stdout and "| Ours-Fixed |" in stdout
+    assert (out / "sweeps" / "demo" / "report" / "table1.md").is_file()
+    assert stdout.rstrip().splitlines()[-2] == (
+        f"open the MLflow UI: mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000 "
+        f"--workers 1")
 
 
 def test_bad_config_key_is_one_line(tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ from contra.cli import main as cli_main
 from contra.config import ConfigError
 from contra.data.freihand import FreiHAND
 from contra.data.supervised import SupervisedDataConfig, SupervisedDataset
-from contra.finetune import learning_rate, load
+from contra.finetune import eval_metric, learning_rate, load
 from contra.initialisation import InitConfig, initialise
 from contra.mano.theta import freihand_layer
 from contra.metrics import evaluate_freihand
@@ -332,7 +332,7 @@ def test_evaluate_reproduces_the_logged_scores_and_lineage_is_tagged(
     client = MlflowClient(summary["tracking_uri"])
     run = client.get_run(summary["mlflow_run_id"])
     for key in ("mesh_al_mean3d", "f_al_score_5", "f_al_score_15", "xyz_al_mean3d"):
-        history = client.get_metric_history(run.info.run_id, f"eval/{key}")
+        history = client.get_metric_history(run.info.run_id, eval_metric(key))
         assert [m.step for m in history] == [2, 4]
         assert history[-1].value == again[key], key  # exactly, not approximately
     assert json.loads((run_dir / "eval" / "scores.json").read_text()) == again

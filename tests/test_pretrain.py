@@ -228,10 +228,11 @@ def test_tracking_and_monitor_continue_the_same_mlflow_run(tmp_path: Path,
     run = client.get_run(first)
     assert run.info.status == "FINISHED"
     assert run.data.params["batch_size"] == "16" and run.data.params["model.arch"] == "resnet18"
-    steps = [m.step for m in client.get_metric_history(first, "loss")]
+    steps = [m.step for m in client.get_metric_history(first, "train/loss")]
     assert steps == [2, 4, 6, 8, 10, 12]  # both processes, one history
-    assert len(client.get_metric_history(first, "retrieval_nn_mm")) == 2  # before + after
-    assert "random_init_nn_mm" in run.data.metrics
+    assert len(client.get_metric_history(first, "retrieval/nn_mm")) == 2  # before + after
+    assert "retrieval/random_init_nn_mm" in run.data.metrics
+    assert {"train/acc1_pct", "train/data_wait_frac", "train/pairs_per_s"} <= set(run.data.metrics)
     artifacts = {a.path for a in client.list_artifacts(first)}
     assert {"config.yaml", "loss_curve.png", "weights.txt"} <= artifacts
     summary = (run_dir / "run.json").read_text()

@@ -6,15 +6,12 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import signal
-import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from mlflowutil import Server
 from netutil import free_port
 
 from contra.tracking import PARAM_VALUE_LIMIT, Tracker, TrackingConfig, flatten_params, save_curve
@@ -37,54 +34,6 @@ def _restore_http_env() -> Iterator[None]:
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
-
-
-class Server:
-    """``mlflow server`` in its own process group on a fixed port and backend DB."""
-
-    def __init__(self, root: Path, port: int) -> None:
-        self.root, self.port = root, port
-        self.uri = f"http://127.0.0.1:{port}"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.log = root / "server.log"
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None
-
-    def start(self, timeout: float = 120.0) -> None:
-        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-        cmd = [sys.executable, "-m", "mlflow", "server",
-               "--backend-store-uri", f"sqlite:///{self.root / 'srv.db'}",
-               "--artifacts-destination", str(self.root / "art"),
-               "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"]
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
-                                         start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"mlflow server exited: {self.log.read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(f"{self.uri}/health", timeout=1) as resp:
-                    if resp.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.2)
-        self.stop()
-        pytest.fail(f"mlflow server not ready in {timeout} s: {self.log.read_text()[-2000:]}")
-
-    def stop(self) -> None:
-        """Kill the whole process group (the CLI and its uvicorn child): the server is gone at
-        once, as after a crash; SQLite keeps the backend DB consistent."""
-        if self.proc is None:
-            return
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.proc.wait(timeout=30)
-        self.proc = None
 
 
 @pytest.fixture(scope="module")
@@ -308,6 +257,41 @@ def test_ui_command() -> None:
     assert cmd == ("mlflow ui --backend-store-uri sqlite:////abs/run/mlflow.db "
                    "--host 127.0.0.1 --port 5000 --workers 1")
     assert "http://h:5000" in Tracker.ui_command("http://h:5000")
+
+
+def test_runs_view_url_opens_the_runs_of_the_experiment(server: Server) -> None:
+    """The printed link's target: the UI page, this MLflow's route and view switch, the id."""
+    import json
+    import re
+    import urllib.request
+
+    from contra.tracking import runs_view_url
+
+    server.start()
+    try:
+        client = MlflowClient(server.uri)
+        exp_id = client.create_experiment("ui-link-check")
+        url = runs_view_url(server.uri, exp_id)
+        assert url == (f"{server.uri}/#/experiments/{exp_id}/runs"
+                       "?workflowType=machine_learning")
+        page = url.partition("#")[0]
+        with urllib.request.urlopen(page, timeout=10) as resp:
+            html = resp.read().decode()
+        assert resp.status == 200 and "<div id=\"root\"" in html.replace("'", '"')
+        bundle = re.search(r'src="([^"]*static/js/main\.[0-9a-f]+\.js)"', html)
+        assert bundle, html[:500]
+        js_url = page.rstrip("/") + "/" + bundle.group(1).lstrip("./").lstrip("/")
+        with urllib.request.urlopen(js_url, timeout=30) as resp:
+            js = resp.read().decode()
+        # this MLflow version's hash router has the runs route and reads the view switch
+        assert '"/experiments/:experimentId/runs"' in js and "createHashRouter" in js
+        assert 'get("workflowType")' in js and '"machine_learning"' in js
+        api = f"{server.uri}/ajax-api/2.0/mlflow/experiments/get?experiment_id={exp_id}"
+        with urllib.request.urlopen(api, timeout=10) as resp:
+            assert json.loads(resp.read())["experiment"]["name"] == "ui-link-check"
+        assert runs_view_url("sqlite:////x/mlflow.db", "7").startswith("http://127.0.0.1:5000/#/")
+    finally:
+        server.stop()
 
 
 def test_save_curve_png(tmp_path: Path) -> None:

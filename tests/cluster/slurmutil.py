@@ -27,6 +27,27 @@ def sbatch(script: Path | str, args: list[str], *, env: Mapping[str, str], cwd: 
     return out.stdout.strip().split(";")[0]
 
 
+def wait_mlflow_server(job_id: str, uri_file: Path, log: Path, timeout: float = 120) -> str:
+    """The URI of an ``slurm/mlflow_server.sbatch`` job once its ``/health`` answers OK."""
+    import urllib.request
+
+    deadline, body, uri = time.monotonic() + timeout, "", ""
+    while time.monotonic() < deadline and body != "OK":
+        state = job_info(job_id).get("JobState")
+        assert state in {"PENDING", "RUNNING"}, f"server job {state}: " + (
+            log.read_text() if log.exists() else "(no log)")
+        if uri_file.exists():
+            uri = uri_file.read_text().strip()
+            try:
+                with urllib.request.urlopen(f"{uri}/health", timeout=5) as r:
+                    body = r.read().decode().strip()
+            except OSError:
+                pass
+        time.sleep(0.5)
+    assert body == "OK", log.read_text() if log.exists() else "(no log)"
+    return uri
+
+
 def job_info(job_id: str) -> dict[str, str]:
     out = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True,
                          text=True, timeout=30)

@@ -111,7 +111,7 @@ def test_a_sbatch_two_nodes_completes(reference: Run) -> None:
     runs = mlflow_runs(reference.run_dir)
     assert len(runs) == 1
     assert runs[0].info.status == "FINISHED"
-    assert {"loss", "acc1", "lr"} <= set(runs[0].data.metrics)
+    assert {"train/loss", "train/acc1_pct", "train/lr"} <= set(runs[0].data.metrics)
     assert runs[0].data.params.get("derived.world_size", "2") == "2"
 
 
@@ -129,7 +129,7 @@ def test_b_submitit_two_tasks_completes(job_env: dict[str, str], work: Path, dat
     model, step = load_model(run.run_dir)
     assert step == MAX_STEPS
     runs = mlflow_runs(run.run_dir)
-    assert len(runs) == 1 and {"loss", "acc1"} <= set(runs[0].data.metrics)
+    assert len(runs) == 1 and {"train/loss", "train/acc1_pct"} <= set(runs[0].data.metrics)
     assert_same_weights(model, load_model(reference.run_dir)[0])  # same config, same ranks
 
 
@@ -167,7 +167,7 @@ def test_c_sbatch_resume_continues_the_mlflow_run(sbatch_preempted: tuple[Run, d
     runs = mlflow_runs(run.run_dir)
     assert len(runs) == 1, [(r.info.run_id, r.info.status) for r in runs]
     assert runs[0].info.status == "FINISHED"
-    steps = [m.step for m in mlflow_client_history(run.run_dir, runs[0].info.run_id, "loss")]
+    steps = [m.step for m in mlflow_client_history(run.run_dir, runs[0].info.run_id, "train/loss")]
     assert sorted(steps) == list(range(1, MAX_STEPS + 1))
 
 

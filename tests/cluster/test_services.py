@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import subprocess
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
-from slurmutil import REPO, SLURM_UP, job_info, sbatch, wait_state
+from slurmutil import REPO, SLURM_UP, sbatch, wait_mlflow_server, wait_state
 
 pytestmark = pytest.mark.slurm
 
@@ -28,19 +27,7 @@ def test_mlflow_server_job_answers(job_env: dict[str, str], tmp_path: Path) -> N
     jid = sbatch(REPO / "slurm" / "mlflow_server.sbatch", [], env=env, cwd=tmp_path,
                  options=["--mem=2G", "--cpus-per-task=1", f"--output={log}", f"--error={log}"])
     try:
-        uri_file = tmp_path / "store" / f"server-{jid}.uri"
-        deadline, body = time.monotonic() + 120, ""
-        while time.monotonic() < deadline and body != "OK":
-            assert job_info(jid).get("JobState") in {"PENDING", "RUNNING"}, log.read_text()
-            if uri_file.exists():
-                uri = uri_file.read_text().strip()
-                try:
-                    with urllib.request.urlopen(f"{uri}/health", timeout=5) as r:
-                        body = r.read().decode().strip()
-                except OSError:
-                    pass
-            time.sleep(0.5)
-        assert body == "OK", log.read_text() if log.exists() else "no log"
+        uri = wait_mlflow_server(jid, tmp_path / "store" / f"server-{jid}.uri", log)
         assert uri.startswith("http://n1:")  # the node's name: reachable from the other nodes
         assert "tracking URI: http://n1:" in log.read_text()
         # the API answers requests addressed to the node name (allowed Host header)
