@@ -361,7 +361,8 @@ def _report(experiment: str, uri: str, paths: SweepPaths, parent_id: str,
     ``since`` is that one (``printed``), so the demo does not print it a second time.
     """
     try:
-        from contra.report import FILES, build_report
+        from contra.report import build_report
+        from contra.table1 import FILES
     except ImportError:
         return None
     out = paths.dir / "report"

@@ -22,18 +22,17 @@ from mlflowutil import Server
 from netutil import free_port
 
 from contra.cli import main
-from contra.report import (
+from contra.report import build_report, write_report
+from contra.table1 import (
     METRICS,
     PAPER_MISSING_NOTE,
     PaperRow,
     RunRecord,
     Source,
-    build_report,
     format_markdown,
     save_figure,
     summarise,
     table_rows,
-    write_report,
 )
 
 mlflow = pytest.importorskip("mlflow")
