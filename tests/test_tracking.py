@@ -267,7 +267,8 @@ def test_runs_view_url_opens_the_runs_of_the_experiment(server: Server) -> None:
 
     from contra.tracking import runs_view_url
 
-    server.start()
+    if not server.running:  # the test before may leave it up
+        server.start()
     try:
         client = MlflowClient(server.uri)
         exp_id = client.create_experiment("ui-link-check")
