@@ -6,6 +6,7 @@ import re
 import subprocess
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -46,6 +47,26 @@ def wait_mlflow_server(job_id: str, uri_file: Path, log: Path, timeout: float = 
         time.sleep(0.5)
     assert body == "OK", log.read_text() if log.exists() else "(no log)"
     return uri
+
+
+@dataclass
+class StageRun:
+    """A submitted training job: its id, run directory and batch log."""
+
+    job_id: str
+    run_dir: Path
+    log: Path
+
+
+def submit_stage(script: Path, config: Path, resources: list[str], job_env: Mapping[str, str],
+                 work: Path, name: str, args: list[str]) -> StageRun:
+    """``sbatch`` a stage's script on 2 nodes × 1 task with CONFIG and ``key=value`` args."""
+    log = work / f"{name}.out"
+    jid = sbatch(script, args, env={**job_env, "CONFIG": str(config)}, cwd=work,
+                 options=["-N2", "--ntasks-per-node=1", *resources, f"--job-name={name}",
+                          f"--output={log}", f"--error={log}"])
+    run_dir = Path(next(a for a in args if a.startswith("run_dir=")).split("=", 1)[1])
+    return StageRun(jid, run_dir, log)
 
 
 def job_info(job_id: str) -> dict[str, str]:
@@ -137,11 +158,12 @@ def load_model(run_dir: Path) -> tuple[dict, int]:
     return ckpt["model"], int(ckpt["step"])
 
 
-def assert_same_weights(a: dict, b: dict) -> None:
+def assert_same_weights(a: dict, b: dict, prefix: str | None = "module.encoder_q.") -> None:
+    """Bitwise equality of two checkpoints' ``model`` entries (with ``prefix`` keys present)."""
     import torch
 
-    assert sorted(a) == sorted(b)
-    assert any(k.startswith("module.encoder_q.") for k in a)
+    assert a and sorted(a) == sorted(b)
+    assert prefix is None or any(k.startswith(prefix) for k in a)
     differ = [k for k in a if not torch.equal(a[k], b[k])]
     assert not differ, f"{len(differ)} of {len(a)} tensors differ, e.g. {differ[:5]}"
 

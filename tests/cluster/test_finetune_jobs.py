@@ -11,11 +11,19 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from slurmutil import REPO, load_model, sbatch, start_now, wait_for_line, wait_state
+from slurmutil import (
+    REPO,
+    StageRun,
+    assert_same_weights,
+    load_model,
+    start_now,
+    submit_stage,
+    wait_for_line,
+    wait_state,
+)
 
 pytestmark = pytest.mark.slurm
 
@@ -35,11 +43,7 @@ def overrides(data_root: Path, run_dir: Path) -> list[str]:
             "checkpoint.every_steps=2", "eval.every_steps=0", "tracking.enabled=false"]
 
 
-@dataclass
-class Run:
-    job_id: str
-    run_dir: Path
-    log: Path
+Run = StageRun
 
 
 @pytest.fixture(scope="module")
@@ -53,22 +57,7 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def submit_sbatch(job_env: dict[str, str], work: Path, name: str, args: list[str]) -> Run:
-    log = work / f"{name}.out"
-    env = {**job_env, "CONFIG": str(CONFIG)}
-    jid = sbatch(SBATCH, args, env=env, cwd=work,
-                 options=["-N2", "--ntasks-per-node=1", *RESOURCES, f"--job-name={name}",
-                          f"--output={log}", f"--error={log}"])
-    run_dir = Path(next(a for a in args if a.startswith("run_dir=")).split("=", 1)[1])
-    return Run(jid, run_dir, log)
-
-
-def assert_same_weights(a: dict, b: dict) -> None:
-    """Bitwise equality of two network state dicts (checkpoint's ``model`` entry)."""
-    import torch
-
-    assert a and sorted(a) == sorted(b)
-    differ = [k for k in a if not torch.equal(a[k], b[k])]
-    assert not differ, f"{len(differ)} of {len(a)} tensors differ, e.g. {differ[:5]}"
+    return submit_stage(SBATCH, CONFIG, RESOURCES, job_env, work, name, args)
 
 
 # ----------------------------------------------------------------------------------- (a)
@@ -119,7 +108,7 @@ def test_b_sbatch_preemption_requeues_and_resumes_exactly(sbatch_preempted: tupl
     assert seen["done"]["ExitCode"] == "0:0"
     model, step = load_model(run.run_dir)
     assert step == MAX_STEPS
-    assert_same_weights(model, load_model(reference.run_dir)[0])
+    assert_same_weights(model, load_model(reference.run_dir)[0], prefix=None)
 
 
 # ----------------------------------------------------------------------------------- (c)
@@ -163,4 +152,4 @@ def test_c_submitit_two_nodes_completes(job_env: dict[str, str], work: Path, dat
     assert f"python -m contra.finetune --config {CONFIG}" in rank0
     model, step = load_model(run_dir)
     assert step == MAX_STEPS
-    assert_same_weights(model, load_model(reference.run_dir)[0])  # same config, same ranks
+    assert_same_weights(model, load_model(reference.run_dir)[0], prefix=None)  # same run

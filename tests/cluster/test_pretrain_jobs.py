@@ -14,18 +14,18 @@ import re
 import signal
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from slurmutil import (
     REPO,
+    StageRun,
     assert_same_weights,
     job_info,
     load_model,
     mlflow_runs,
-    sbatch,
     start_now,
+    submit_stage,
     task_pids,
     wait_for_line,
     wait_state,
@@ -48,11 +48,7 @@ def overrides(data_root: Path, run_dir: Path, tracking: bool = True) -> list[str
             "log_every=1", "checkpoint.every_steps=2", f"tracking.enabled={str(tracking).lower()}"]
 
 
-@dataclass
-class Run:
-    job_id: str
-    run_dir: Path
-    log: Path
+Run = StageRun
 
 
 @pytest.fixture(scope="module")
@@ -66,13 +62,7 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def submit_sbatch(job_env: dict[str, str], work: Path, name: str, args: list[str]) -> Run:
-    log = work / f"{name}.out"
-    env = {**job_env, "CONFIG": str(CONFIG)}
-    jid = sbatch(SBATCH, args, env=env, cwd=work,
-                 options=["-N2", "--ntasks-per-node=1", *RESOURCES, f"--job-name={name}",
-                          f"--output={log}", f"--error={log}"])
-    run_dir = Path(next(a for a in args if a.startswith("run_dir=")).split("=", 1)[1])
-    return Run(jid, run_dir, log)
+    return submit_stage(SBATCH, CONFIG, RESOURCES, job_env, work, name, args)
 
 
 def launch_submitit(job_env: dict[str, str], work: Path, name: str, args: list[str],
