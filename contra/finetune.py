@@ -76,6 +76,7 @@ class ModelConfig:
     dilate_last: bool = True
     bn_momentum: float = 0.05
     dropout: float = 0.5
+    stem: str = "imagenet"  # must match the pretrained encoder's (contra.nets.STEMS)
 
 
 @dataclass(frozen=True)
@@ -166,7 +167,7 @@ class FinetuneStage:
         self.sampler = run.sampler(self.dataset, str(cfg.data.root))
         m = cfg.model
         net = ManoNet(m.arch, dilate_last=m.dilate_last, bn_momentum=m.bn_momentum,
-                      dropout=m.dropout)
+                      dropout=m.dropout, stem=m.stem)
         self.init: InitReport = initialise(net, cfg.init)
         self.net: ManoNet = run.prepare(net)  # type: ignore[assignment]
         self.ddp = run.wrap(self.net)

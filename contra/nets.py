@@ -51,10 +51,15 @@ _ARCHS = {
 }
 
 MANO_DIM = 61
+#: ``imagenet``: torchvision's 7×7 stride-2 conv + max-pool (the paper's); ``small``: MoCo's
+#: CIFAR-demo stem, a 3×3 stride-1 conv and no max-pool, for images of 32–64 px. A ``small``
+#: backbone is not a standard torchvision ResNet (conv1 is 3×3): its exports say so.
+STEMS = ("imagenet", "small")
 
 
 def build_backbone(
-    arch: str = "resnet50", dilate_last: bool = True, bn_momentum: float = 0.05
+    arch: str = "resnet50", dilate_last: bool = True, bn_momentum: float = 0.05,
+    stem: str = "imagenet",
 ) -> tuple[nn.Module, int]:
     """A torchvision ResNet with ``fc = Identity`` and its pooled feature size.
 
@@ -64,10 +69,16 @@ def build_backbone(
     """
     if arch not in _ARCHS:
         raise ValueError(f"unknown arch {arch!r}; choose one of {sorted(_ARCHS)}")
+    if stem not in STEMS:
+        raise ValueError(f"unknown stem {stem!r}; choose one of {STEMS}")
     builder, can_dilate = _ARCHS[arch]
     net = builder(
         weights=None, replace_stride_with_dilation=[False, False, dilate_last and can_dilate]
     )
+    if stem == "small":
+        net.conv1 = nn.Conv2d(3, net.conv1.out_channels, 3, stride=1, padding=1, bias=False)
+        nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
+        net.maxpool = nn.Identity()
     for m in net.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             m.momentum = bn_momentum
@@ -79,10 +90,11 @@ def build_backbone(
 class _Backbone(nn.Module):
     """Base: the ResNet's modules as direct attributes (keys without prefix), ``features(x)``."""
 
-    def __init__(self, arch: str, dilate_last: bool, bn_momentum: float) -> None:
+    def __init__(self, arch: str, dilate_last: bool, bn_momentum: float,
+                 stem: str = "imagenet") -> None:
         super().__init__()
-        resnet, self.feat_dim = build_backbone(arch, dilate_last, bn_momentum)
-        self.arch = arch
+        resnet, self.feat_dim = build_backbone(arch, dilate_last, bn_momentum, stem)
+        self.arch, self.stem = arch, stem
         for name in (*_STEM, *_LAYERS, "avgpool"):
             setattr(self, name, getattr(resnet, name))
 
@@ -108,14 +120,22 @@ class EmbedNet(_Backbone):
         dilate_last: bool = True,
         bn_momentum: float = 0.05,
         dropout: float = 0.5,
+        stem: str = "imagenet",
+        head_bn: bool = False,
     ) -> None:
-        super().__init__(arch, dilate_last, bn_momentum)
+        super().__init__(arch, dilate_last, bn_momentum, stem)
         self.fc = nn.Linear(self.feat_dim, self.feat_dim)
         self.drop = nn.Dropout(dropout)
         self.fc2 = nn.Linear(self.feat_dim, dim)
+        self.head_bn = head_bn
+        if head_bn:  # MoCo v3 / SimCLR: BN after each fc, the last one without affine
+            self.fc_bn = nn.BatchNorm1d(self.feat_dim, momentum=bn_momentum)
+            self.out_bn = nn.BatchNorm1d(dim, affine=False, momentum=bn_momentum)
 
     def head(self, feat: Tensor) -> Tensor:
-        return self.fc2(torch.relu(self.drop(self.fc(feat))))
+        if not self.head_bn:
+            return self.fc2(torch.relu(self.drop(self.fc(feat))))
+        return self.out_bn(self.fc2(torch.relu(self.drop(self.fc_bn(self.fc(feat))))))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.features(x))
@@ -135,8 +155,9 @@ class ManoNet(_Backbone):
         dilate_last: bool = True,
         bn_momentum: float = 0.05,
         dropout: float = 0.5,
+        stem: str = "imagenet",
     ) -> None:
-        super().__init__(arch, dilate_last, bn_momentum)
+        super().__init__(arch, dilate_last, bn_momentum, stem)
         d = self.feat_dim
         self.fc1 = nn.Linear(d, d)
         self.fc2 = nn.Linear(d, d)
@@ -219,6 +240,12 @@ def transfer_backbone(src_state: Mapping[str, Tensor], dst_model: nn.Module) -> 
     """
     src = _strip_prefix(src_state)
     dst = dst_model.state_dict()
+    clash = [k for k in src if _is_backbone(k) and k in dst and dst[k].shape != src[k].shape]
+    if clash:  # e.g. a small-stem encoder into an imagenet-stem regressor: never half a backbone
+        raise ValueError(f"transfer_backbone: backbone key {clash[0]!r} has shape "
+                         f"{tuple(src[clash[0]].shape)} in the source but "
+                         f"{tuple(dst[clash[0]].shape)} in {type(dst_model).__name__} "
+                         f"(a different arch or model.stem?)")
     matched = {k: v for k, v in src.items() if k in dst and dst[k].shape == v.shape}
     if not matched:
         raise ValueError(

@@ -37,6 +37,7 @@ the failure fraction exceeds ``max_failure_fraction`` (after ``min_attempts``) a
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 from dataclasses import dataclass
@@ -47,7 +48,15 @@ import torch
 from PIL import Image
 from scipy.ndimage import gaussian_filter, minimum_filter
 
-from contra.augment import Augmentation, AugParams, decode_rgb, image_size, load_view
+from contra.augment import (
+    Augmentation,
+    AugmentSpec,
+    AugParams,
+    augment_spec,
+    decode_rgb,
+    image_size,
+    load_view,
+)
 from contra.data.errors import DataFormatError
 from contra.data.hanco import N_CAMERAS, SUBSET_FOLDERS, HanCo
 from contra.data.retry import LOAD_ERRORS, ImageError, LoadStats, RetryPolicy
@@ -67,6 +76,37 @@ _SUBSET_FOLDERS = {**SUBSET_FOLDERS, TEST: "rgb"}
 
 
 @dataclass(frozen=True)
+class AugmentKeys:
+    """``pairs.augment.*``: constants of the named pipeline to change; ``None`` keeps the preset's
+    (:data:`contra.augment._PRESETS`). The crop scale, colour jitter, grayscale and blur decide
+    what a positive pair shares, so they are part of a pretraining recipe (issue 11)."""
+
+    scale: tuple[float, float] | None = None  # RandomResizedCrop area fraction
+    ratio: tuple[float, float] | None = None
+    degrees: float | None = None  # RandomAffine rotation
+    jitter: tuple[float, float, float, float] | None = None  # brightness, contrast, sat., hue
+    jitter_p: float | None = None
+    gray_p: float | None = None
+    blur_sigma: tuple[float, float] | None = None
+    blur_p: float | None = None
+    flip_p: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.scale is not None and not 0.0 < self.scale[0] <= self.scale[1] <= 1.0:
+            raise ValueError(f"pairs.augment.scale must satisfy 0 < lo ≤ hi ≤ 1, got "
+                             f"{list(self.scale)}")
+        for key in ("jitter_p", "gray_p", "blur_p", "flip_p"):
+            p = getattr(self, key)
+            if p is not None and not 0.0 <= p <= 1.0:
+                raise ValueError(f"pairs.augment.{key} must be a probability, got {p}")
+
+    def spec(self, name: str, size: int | None) -> AugmentSpec:
+        """The preset ``name`` at ``size`` with these keys applied."""
+        changes = {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        return dataclasses.replace(augment_spec(name, size), **changes)
+
+
+@dataclass(frozen=True)
 class PairConfig:
     """Positive-pair sampling, augmentation and loader robustness settings."""
 
@@ -74,6 +114,7 @@ class PairConfig:
     subsets: tuple[str, ...] = ("gs", "merged", "homo", "color_auto")
     online_cut_paste: bool = False
     augmentation: str = "mocov2"  # or "contra-hand"
+    augment: AugmentKeys = dataclasses.field(default_factory=AugmentKeys)
     image_size: int | None = None  # None: the augmentation's (224 mocov2, 112 contra-hand)
     seed: int | None = None  # None: derived from the run's seed (contra.seeding); 0 outside a run
     max_retries: int = 10  # extra attempts per item after a missing/corrupt image
@@ -231,7 +272,8 @@ class PairDataset(torch.utils.data.Dataset):
         self.hanco = hanco
         self.config = config or PairConfig()
         cfg = self.config
-        self.augmentation = augmentation or Augmentation(cfg.augmentation, cfg.image_size)
+        self.augmentation = augmentation or Augmentation(
+            cfg.augment.spec(cfg.augmentation, cfg.image_size))
         self.backgrounds: list[Path] = hanco.backgrounds() if cfg.online_cut_paste else []
         self.sampler = PairSampler(hanco, cfg.strategies, cfg.subsets, len(self.backgrounds))
         self.epoch = 0

@@ -28,6 +28,7 @@ Preemption
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import json
 import logging
@@ -44,23 +45,26 @@ from torch import Tensor, nn
 from contra import dist as cdist
 from contra.atomic import write_text_atomic
 from contra.checkpoint import save_checkpoint
+from contra.collapse import CollapseConfig, CollapseWatch, embedding_stats
 from contra.config import ConfigError, load_config
 from contra.data.hanco import HanCo
 from contra.entry import stage_main
+from contra.infonce import accuracy, batch_logits, batch_loss
+from contra.instance import instance_top1
 from contra.moco import MoCo
 from contra.nets import EXPORTS, EmbedNet
 from contra.pairs import PairConfig, PairDataset
 from contra.preempt import EXIT_PREEMPTED
 from contra.queue import ShardedQueue
-from contra.retrieval import RetrievalConfig, RetrievalMonitor, RetrievalSet, format_report
+from contra.retrieval import RetrievalConfig, RetrievalMonitor, RetrievalSet, embed, format_report
 from contra.run import CheckpointConfig, Run, RunConfig, check_run_config, run_stage
 from contra.seeding import resolve
 from contra.tracking import save_curve
 
 log = logging.getLogger("contra.pretrain")
 
-__all__ = ["EXIT_PREEMPTED", "CheckpointConfig", "MocoStage", "PretrainConfig", "main", "run",
-           "train_step"]
+__all__ = ["EXIT_PREEMPTED", "CheckpointConfig", "MocoStage", "PretrainConfig", "main",
+           "moco_step", "run", "train_step"]
 
 CHECKPOINT_FORMAT = "contra-moco/1"
 
@@ -75,6 +79,10 @@ class ModelConfig:
     dilate_last: bool = True
     bn_momentum: float = 0.05
     dropout: float = 0.5
+    stem: str = "imagenet"  # or "small" (3×3 stride-1 conv, no max-pool; contra.nets.STEMS)
+    #: BN in the embed head (MoCo v3/SimCLR): a spread embedding from step 0 (README, Collapse);
+    #: off = contra-hand's head (fc → dropout → ReLU → fc2)
+    head_bn: bool = False
     #: Key-encoder BN sub-batches per rank; 0 = auto: 1 under DDP, up to 4 on one process
     #: (emulated per-GPU BN so a single process does not leak batch statistics, moco.md §1.4).
     key_bn_splits: int = 0
@@ -85,6 +93,8 @@ class MocoConfig:
     queue_size: int = 65536
     momentum: float = 0.999
     temperature: float = 0.2
+    #: the loss's negatives: the queue (MoCo), this step's other keys (contra.infonce), or both
+    negatives: Literal["queue", "batch", "queue+batch"] = "queue"
 
 
 @dataclass(frozen=True)
@@ -94,6 +104,7 @@ class OptimConfig:
     momentum: float = 0.9
     weight_decay: float = 1e-4
     schedule: Literal["cosine-epoch", "cosine-iter", "constant"] = "cosine-epoch"
+    warmup_steps: int = 0  # linear warm-up from 0 over the first steps (0 = none, the paper's)
 
 
 @dataclass(frozen=True)
@@ -112,34 +123,59 @@ class PretrainConfig(RunConfig):
     moco: MocoConfig = field(default_factory=MocoConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     monitor: RetrievalConfig = field(default_factory=RetrievalConfig)
+    collapse: CollapseConfig = field(default_factory=CollapseConfig)
 
 
-def learning_rate(opt: OptimConfig, batch_size: int, progress: float) -> float:
-    """lr at ``progress`` ∈ [0, 1) of training: linear scaling, then the half-cosine."""
+def learning_rate(opt: OptimConfig, batch_size: int, progress: float, step: int | None = None
+                  ) -> float:
+    """lr at ``progress`` ∈ [0, 1) of training: linear scaling, then the half-cosine, times the
+    linear warm-up factor (step + 1) / warmup_steps while ``step`` < ``warmup_steps``."""
     base = opt.lr * batch_size / opt.reference_batch
+    warm = 1.0 if step is None or step >= opt.warmup_steps else (step + 1) / opt.warmup_steps
     if opt.schedule == "constant":
-        return base
-    return base * 0.5 * (1.0 + math.cos(math.pi * progress))
+        return base * warm
+    return base * warm * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 # ------------------------------------------------------------------------------ one step
 def train_step(model: nn.Module, queue: ShardedQueue, optimizer: torch.optim.Optimizer,
-               im_q: Tensor, im_k: Tensor, amp_dtype: torch.dtype | None = None
-               ) -> tuple[Tensor, Tensor, Tensor]:
+               im_q: Tensor, im_k: Tensor, amp_dtype: torch.dtype | None = None,
+               negatives: str = "queue") -> tuple[Tensor, Tensor, Tensor]:
     """One MoCo step (moco.md §1.3): encode, InfoNCE on the old queue, SGD, then enqueue.
 
-    Returns detached (loss, Acc@1, Acc@5) of this rank's batch. The queue loss runs in fp32 even
-    under autocast (P7); the enqueue is out of place, so its order against backward is free.
+    Returns detached (loss, Acc@1, Acc@5) of this rank's batch against the loss's ``negatives``
+    (:data:`contra.infonce.NEGATIVES`). The loss runs in fp32 even under autocast (P7); the
+    enqueue is out of place, so its order against backward is free. :func:`moco_step` also
+    returns the freshness control and the collapse statistics.
+    """
+    out = moco_step(model, queue, optimizer, im_q, im_k, amp_dtype, negatives)
+    return out["loss"], out["acc1"], out["acc5"]
+
+
+def moco_step(model: nn.Module, queue: ShardedQueue, optimizer: torch.optim.Optimizer,
+              im_q: Tensor, im_k: Tensor, amp_dtype: torch.dtype | None = None,
+              negatives: str = "queue") -> dict[str, Tensor]:
+    """:func:`train_step`'s step, returning every per-step figure (detached tensors).
+
+    ``acc1_batch`` is Acc@1 against this step's other keys only, the freshness control
+    (:mod:`contra.infonce`); ``emb_std_ratio`` / ``cos_unrelated`` the collapse statistics
+    (:mod:`contra.collapse`).
     """
     with torch.autocast(im_q.device.type, dtype=amp_dtype or torch.bfloat16,
                         enabled=amp_dtype is not None):
         q, k = model(im_q, im_k)
-    loss, acc1, acc5 = queue.loss(q, k)
+    l_pos, l_batch = batch_logits(q, k, queue.T, queue.group)
+    if negatives == "batch":
+        loss, acc1, acc5 = batch_loss(l_pos, l_batch)
+    else:
+        loss, acc1, acc5 = queue.loss(q, k, l_batch if negatives == "queue+batch" else None)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
     queue.enqueue(k.float())
-    return loss.detach(), acc1.detach(), acc5.detach()
+    acc1_batch = acc1 if negatives == "batch" else accuracy(l_pos, l_batch)[0]
+    return {"loss": loss.detach(), "acc1": acc1.detach(), "acc5": acc5.detach(),
+            "acc1_batch": acc1_batch.detach(), **embedding_stats(q, queue.group)}
 
 
 # ---------------------------------------------------------------------------------- stage
@@ -154,9 +190,13 @@ class MocoStage:
     unit = "pairs"
     #: MLflow names under train/ where the unit is not obvious
     metric_names: ClassVar[dict[str, str]] = {"acc1": "acc1_pct", "acc5": "acc5_pct",
+                                              "acc1_batch": "acc1_batch_pct",
                                               "data_wait": "data_wait_frac"}
 
-    def __init__(self, cfg: PretrainConfig, run: Run) -> None:
+    def __init__(self, cfg: PretrainConfig, run: Run,
+                 dataset: torch.utils.data.Dataset | None = None) -> None:
+        """``dataset`` replaces the HanCo pairs (any dataset of (view1, view2) items with
+        ``set_epoch``); the engine benchmarks use it. Set ``monitor.every_epochs=0`` with it."""
         self.cfg, self.run = cfg, run
         world, batch = run.world, run.batch
         if cfg.moco.queue_size % cfg.batch_size:
@@ -164,7 +204,8 @@ class MocoStage:
                 f"moco.queue_size: queue size K={cfg.moco.queue_size} must be a multiple of world "
                 f"size × batch per rank = {world}×{batch} = {cfg.batch_size} "
                 f"(moco.md §3.4: every rank enqueues its own keys)")
-        self.dataset = PairDataset(HanCo(cfg.data_root), cfg.pairs)
+        self.dataset = dataset if dataset is not None else PairDataset(HanCo(cfg.data_root),
+                                                                       cfg.pairs)
         self.sampler = run.sampler(self.dataset, str(cfg.data_root))
         self.model: MoCo = run.prepare(self._build_model())  # type: ignore[assignment]
         self.ddp = run.wrap(self.model)
@@ -176,7 +217,9 @@ class MocoStage:
         self.lr = cfg.optim.lr
         self.run_name = f"pretrain {'+'.join(cfg.pairs.strategies)} seed {cfg.seed}"
         self.monitor: RetrievalMonitor | None = None
+        self.instance: tuple[Tensor, Tensor] | None = None
         self.baseline: dict[str, float] = {}
+        self.collapse = CollapseWatch(cfg.collapse)
         run.progress.history.setdefault("retrieval", [])
 
     def _key_bn_splits(self) -> int:
@@ -195,7 +238,7 @@ class MocoStage:
         m = self.cfg.model
         return MoCo(m.arch, m.dim, self.cfg.moco.momentum, key_bn_splits=self._key_bn_splits(),
                     seed=self.cfg.seed, dilate_last=m.dilate_last, bn_momentum=m.bn_momentum,
-                    dropout=m.dropout)
+                    dropout=m.dropout, stem=m.stem, head_bn=m.head_bn)
 
     # ------------------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
@@ -229,28 +272,37 @@ class MocoStage:
         opt = self.cfg.optim
         t = epoch if opt.schedule != "cosine-iter" \
             else epoch + step_in_epoch / self.run.steps_per_epoch
-        self.lr = learning_rate(opt, self.cfg.batch_size, t / self.cfg.epochs)
+        step = epoch * self.run.steps_per_epoch + step_in_epoch
+        progress = t / self.cfg.epochs if self.cfg.epochs else step / self.cfg.max_steps
+        self.lr = learning_rate(opt, self.cfg.batch_size, progress, step)
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr
 
     def step(self, batch: tuple[Tensor, Tensor]) -> dict[str, Tensor]:
-        if self.cfg.optim.schedule == "cosine-iter":
-            p = self.run.progress
+        p = self.run.progress
+        if self.cfg.optim.schedule == "cosine-iter" or \
+                p.epoch * self.run.steps_per_epoch + p.step_in_epoch <= self.cfg.optim.warmup_steps:
             self._set_lr(p.epoch, p.step_in_epoch)
         im_q, im_k = batch
-        loss, acc1, acc5 = train_step(self.ddp, self.queue, self.optimizer, self.run.inputs(im_q),
-                                      self.run.inputs(im_k), self.run.amp_dtype)
-        return {"loss": loss, "acc1": acc1, "acc5": acc5}
+        return moco_step(self.ddp, self.queue, self.optimizer, self.run.inputs(im_q),
+                         self.run.inputs(im_k), self.run.amp_dtype, self.cfg.moco.negatives)
 
     def stats(self) -> dict[str, float]:
         return {"lr": self.lr}
 
     def postfix(self, s: dict[str, float]) -> dict[str, str]:
-        return {"loss": f"{s['loss']:.3f}", "acc1": f"{s['acc1']:.1f}", "lr": f"{s['lr']:.2g}",
+        return {"loss": f"{s['loss']:.3f}", "acc1": f"{s['acc1']:.1f}",
+                "acc1_batch": f"{s['acc1_batch']:.1f}", "std": f"{s['emb_std_ratio']:.2f}",
+                "cos": f"{s['cos_unrelated']:.2f}", "lr": f"{s['lr']:.2g}",
                 "pairs_s": f"{s['pairs_per_s']:.1f}", "wait": f"{s['data_wait']:.0%}"}
 
     def after_step(self) -> None:
-        pass
+        """Rank 0: the collapse verdict at each logging step (warned once, tagged in MLflow)."""
+        run = self.run
+        if not run.env.is_main or run.progress.step % self.cfg.log_every:
+            return
+        if self.collapse.check(run.progress.step, run.stats):
+            run.log_metrics({"train/collapse_warning_step": float(run.progress.step)})
 
     def end_epoch(self, epochs_done: int) -> None:
         if self.monitor is not None and (self.cfg.monitor.due(epochs_done)
@@ -268,17 +320,45 @@ class MocoStage:
         data = RetrievalSet.from_hanco(root, cfg.monitor, size)
         self.monitor = RetrievalMonitor(data, cfg.monitor, run.device)
         m = cfg.model
-        self.baseline = self.monitor.baseline(lambda: EmbedNet(
-            m.arch, m.dim, m.dilate_last, m.bn_momentum, m.dropout))
+        make = lambda: EmbedNet(m.arch, m.dim, m.dilate_last, m.bn_momentum,  # noqa: E731
+                                m.dropout, m.stem, m.head_bn)
+        self.baseline = self.monitor.baseline(make)
+        self.instance = self._instance_pairs(cfg.monitor.instance_pairs)
+        if self.instance is not None:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(cfg.monitor.seed or 0)
+                self.baseline["random_init_instance_top1_pct"] = self._instance_top1(make())
         run.log_metrics({f"retrieval/{k}": v for k, v in self.baseline.items()})
         if run.progress.step == 0:
             self._monitor(0)
+
+    def _instance_pairs(self, n: int) -> tuple[Tensor, Tensor] | None:
+        """``n`` fixed positive pairs of the training distribution, drawn from an epoch that
+        training never reaches, for :func:`contra.instance.instance_top1`."""
+        if n == 0:
+            return None
+        pairs = copy.copy(self.dataset)
+        pairs.set_epoch(2**31 - 1)
+        step = max(1, len(pairs) // n)
+        views = [pairs[i * step] for i in range(min(n, len(pairs)))]
+        return torch.stack([v[0] for v in views]), torch.stack([v[1] for v in views])
+
+    def _instance_top1(self, encoder: nn.Module) -> float:
+        """Percent of the fixed pairs' first views whose nearest second view is their own
+        (backbone feature, eval-mode BN as the pose monitor; chance 100 / n)."""
+        assert self.instance is not None
+        f = self.cfg.monitor
+        a, b = (embed(encoder.to(self.run.device), v, f.feature, f.batch_size, self.run.device)
+                for v in self.instance)
+        return instance_top1(a, b)
 
     def _monitor(self, epoch: int) -> None:
         """Rank 0: the retrieval figures after ``epoch`` epochs (draws no global RNG)."""
         assert self.monitor is not None
         with torch.random.fork_rng(devices=[]):
             scores = self.monitor.evaluate(self.model.encoder_q)
+            if self.instance is not None:
+                scores["instance_top1_pct"] = self._instance_top1(self.model.encoder_q)
         named = {f"retrieval/{k}": v for k, v in scores.items()}
         log.info("epoch %d: %s", epoch, format_report(scores, self.baseline))
         history = self.run.progress.history.setdefault("retrieval", [])
@@ -312,13 +392,31 @@ class MocoStage:
         listing = write_text_atomic(out / "weights.txt", "".join(
             f"{p.resolve().relative_to(self.run.dir.root.resolve())}\n" for p in paths))
         log.info("exported the query encoder to %s", out)
-        return [listing]
+        return [listing, self._export_card(out / "model.json")]
+
+    def _export_card(self, path: Path) -> Path:
+        """What the exported weights are: arch, stem, and whether torchvision can load them."""
+        m = self.cfg.model
+        notes = []
+        if m.stem != "imagenet":
+            notes.append("non-standard small stem (conv1 3x3 stride 1, no max-pool): load with "
+                         "contra.nets and model.stem=small, not into torchvision's resnet")
+        if m.head_bn:
+            notes.append("head_bn: the embed export keeps fc/fc2 only (contra-hand's layout), "
+                         "not the head's BatchNorms; the backbone is complete")
+        return write_text_atomic(path, json.dumps({
+            "arch": m.arch, "dim": m.dim, "stem": m.stem, "dilate_last": m.dilate_last,
+            "head_bn": m.head_bn, "standard_torchvision": m.stem == "imagenet",
+            "notes": notes}, indent=1))
 
 
 # --------------------------------------------------------------------------------- entry
-def run(cfg: PretrainConfig, env: cdist.DistEnv | None = None) -> int:
-    """Pretrain (or resume) in ``cfg.run_dir``; 0 when done, EXIT_PREEMPTED after a signal."""
-    return run_stage(cfg, lambda r: MocoStage(cfg, r), env)
+def run(cfg: PretrainConfig, env: cdist.DistEnv | None = None,
+        dataset: torch.utils.data.Dataset | None = None) -> int:
+    """Pretrain (or resume) in ``cfg.run_dir``; 0 when done, EXIT_PREEMPTED after a signal.
+
+    ``dataset`` (optional) replaces the HanCo pairs, see :class:`MocoStage`."""
+    return run_stage(cfg, lambda r: MocoStage(cfg, r, dataset), env)
 
 
 def load(config: str | Path | None, overrides: Sequence[str] = ()) -> PretrainConfig:

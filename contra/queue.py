@@ -94,8 +94,13 @@ class ShardedQueue:
         """The N×D queries of all ranks, differentiable back to their owners."""
         return all_gather_with_grad(q, self.group)
 
-    def loss(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """InfoNCE of the local batch against the whole queue, plus Acc@1/Acc@5 in percent."""
+    def loss(self, q: Tensor, k: Tensor, extra: Tensor | None = None
+             ) -> tuple[Tensor, Tensor, Tensor]:
+        """InfoNCE of the local batch against the whole queue, plus Acc@1/Acc@5 in percent.
+
+        ``extra`` (B×M logits, already divided by T) are more negatives of the local rows, e.g.
+        this step's other keys (:mod:`contra.infonce`); they join the log-sum-exp and the ranks.
+        """
         if q.shape != (self.B, self.dim) or k.shape != q.shape:
             raise ValueError(f"q and k must be {self.B}×{self.dim}, got {tuple(q.shape)}, "
                              f"{tuple(k.shape)}")
@@ -109,8 +114,13 @@ class ShardedQueue:
             a = all_gather_with_grad(a, self.group).view(self.world, self.world, self.B, -1)
             a = a[:, self.rank]  # R×B×(1+top): per-shard LSE and top logits of my queries
             l_neg = a[..., 0].t()  # B×R
+            if extra is not None:
+                extra = extra.to(dtype)
+                l_neg = torch.cat([l_neg, extra.logsumexp(dim=1, keepdim=True)], dim=1)
             loss = (torch.cat([l_pos, l_neg], dim=1).logsumexp(dim=1) - l_pos[:, 0]).mean()
             above = (a[..., 1:] > l_pos[None]).sum(dim=(0, 2))  # negatives beating the positive
+            if extra is not None:
+                above = above + (extra.detach() > l_pos).sum(dim=1)
         acc1 = (above < 1).to(dtype).mean() * 100
         acc5 = (above < 5).to(dtype).mean() * 100
         return loss, acc1, acc5

@@ -59,6 +59,9 @@ class RetrievalConfig:
     feature: Literal["backbone", "embedding"] = "backbone"  # pooled feature or MoCo head
     batch_size: int = 64
     root: str | None = None  # HanCo root; None = the pretraining data root
+    #: fixed positive pairs for the instance measure (top-1 of a view finding its partner among
+    #: all partners, contra.instance); 0 disables it
+    instance_pairs: int = 256
 
     def __post_init__(self) -> None:
         if self.every_epochs < 0:
@@ -72,6 +75,9 @@ class RetrievalConfig:
             raise ValueError(f"monitor.feature must be one of {FEATURES}, got {self.feature!r}")
         if self.batch_size < 1:
             raise ValueError(f"monitor.batch_size must be ≥ 1, got {self.batch_size}")
+        if self.instance_pairs < 0 or self.instance_pairs == 1:
+            raise ValueError(f"monitor.instance_pairs must be 0 or ≥ 2, got "
+                             f"{self.instance_pairs}")
 
     def due(self, epoch: int) -> bool:
         """Whether to run after ``epoch`` completed epochs (1-based); never when disabled."""
@@ -367,5 +373,10 @@ def format_report(metrics: dict[str, float], baseline: dict[str, float] | None =
         parts.append(f"random-init {baseline['random_init_nn_mm']:.1f}")
     parts += [f"random neighbour {metrics['random_mm']:.1f}", f"oracle {metrics['oracle_mm']:.1f}"]
     n = f", n={int(metrics['n'])}" if "n" in metrics else ""
-    return ("retrieval (PA keypoint error of the NN from another sequence, mm"
+    line = ("retrieval (PA keypoint error of the NN from another sequence, mm"
             f"{n}): " + " | ".join(parts))
+    if "instance_top1_pct" in metrics:
+        line += f"; instance top-1 {metrics['instance_top1_pct']:.1f} %"
+        if baseline and "random_init_instance_top1_pct" in baseline:
+            line += f" (random-init {baseline['random_init_instance_top1_pct']:.1f} %)"
+    return line

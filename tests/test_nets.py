@@ -284,3 +284,19 @@ def test_transfer_raises_on_zero_matches():
         transfer_backbone({"encoder.conv1.weight": torch.zeros(64, 3, 7, 7)}, mano)
     with pytest.raises(ValueError, match="no key"):
         transfer_backbone({"conv1.weight": torch.zeros(64, 3, 5, 5)}, mano)
+
+
+def test_small_stem_keeps_resolution_and_refuses_a_mismatched_transfer() -> None:
+    small = EmbedNet("resnet18", 16, dilate_last=False, dropout=0.0, stem="small")
+    assert small.conv1.kernel_size == (3, 3) and small.conv1.stride == (1, 1)
+    assert isinstance(small.maxpool, nn.Identity)
+    x = torch.randn(2, 3, 32, 32)
+    trunk = small.layer1(small.maxpool(small.relu(small.bn1(small.conv1(x)))))
+    assert trunk.shape[-1] == 32  # the imagenet stem would give 8
+    assert small.features(x).shape == (2, 512)
+    with pytest.raises(ValueError, match=r"conv1\.weight"):
+        transfer_backbone(small.state_dict(), ManoNet("resnet18", dilate_last=False))
+    assert transfer_backbone(small.state_dict(), ManoNet("resnet18", dilate_last=False,
+                                                         stem="small")) > 0
+    with pytest.raises(ValueError, match="unknown stem"):
+        EmbedNet("resnet18", stem="cifar")

@@ -7,6 +7,7 @@ the tests are deterministic). Loading tests use 32×32 JPEGs and 16 px views.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import logging
@@ -247,6 +248,19 @@ def test_config_loads_from_yaml_overrides() -> None:
                                              "online_cut_paste=true", "image_size=112"])
     assert cfg.strategies == ("multiview", "temporal", "background")
     assert cfg.online_cut_paste and cfg.image_size == 112
+
+
+def test_augment_keys_change_only_the_named_constants(hanco: HanCo) -> None:
+    from contra.config import ConfigError, load_config
+
+    cfg = load_config(PairConfig, overrides=["augment.scale=[0.6, 1.0]", "augment.gray_p=0",
+                                             "augment.jitter_p=0", "augment.blur_p=0"])
+    spec = PairDataset(hanco, dataclasses.replace(config(), augment=cfg.augment)).augmentation.spec
+    assert spec.scale == (0.6, 1.0) and spec.gray_p == spec.jitter_p == spec.blur_p == 0.0
+    assert spec.ratio == (3 / 4, 4 / 3) and spec.jitter == (0.4, 0.4, 0.4, 0.1)  # the preset's
+    for bad in ("augment.scale=[0, 1]", "augment.gray_p=1.5"):
+        with pytest.raises(ConfigError, match=bad.split("=")[0]):
+            load_config(PairConfig, overrides=[bad])
 
 
 # ---------------------------------------------------------------------------- dataset & seeding

@@ -6,6 +6,7 @@ Multi-rank runs are real: ``python -m contra.pretrain`` processes with torchrun'
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -80,6 +81,13 @@ def test_learning_rate_is_the_papers_cosine_with_linear_scaling() -> None:
     assert learning_rate(opt, 128, 0.5) == pytest.approx(0.015 * 0.5 * (1 + math.cos(math.pi / 2)))
 
 
+def test_warmup_ramps_linearly_then_follows_the_schedule() -> None:
+    warm = OptimConfig(warmup_steps=10, schedule="constant")
+    assert [learning_rate(warm, 128, 0.0, s) for s in (0, 4, 9, 10, 500)] == pytest.approx(
+        [0.0015, 0.0075, 0.015, 0.015, 0.015])
+    assert learning_rate(OptimConfig(), 128, 0.0, 0) == pytest.approx(0.015)  # none by default
+
+
 # ----------------------------------------------------------------------------- configs
 @pytest.mark.parametrize("name", PAPER)
 def test_paper_configs_follow_the_recipe(name: str) -> None:
@@ -145,6 +153,31 @@ def test_single_process_run_checkpoint_and_export(tmp_path: Path, synth_root: Pa
     assert cli_main(["export", str(run_dir / "checkpoints" / "last.pt"), "--out", str(hand),
                      "--format", "contra-hand"]) == 0
     assert {"fc.weight", "fc2.weight"} <= torch.load(hand, weights_only=True).keys()
+
+
+def test_collapse_freshness_and_instance_figures_are_logged(tmp_path: Path,
+                                                           synth_root: Path) -> None:
+    """The remedies run together (small stem, head BN, warm-up, queue+batch negatives) and every
+    run records the freshness control, the collapse statistics and the instance measure."""
+    run_dir = tmp_path / "run"
+    args = tiny(run_dir, synth_root / "hanco", epochs=1, max_steps=0, **{
+        "monitor.every_epochs": 1, "monitor.frames": 24, "monitor.instance_pairs": 16,
+        "model.stem": "small", "model.head_bn": True, "optim.warmup_steps": 3,
+        "moco.negatives": "queue+batch"})
+    assert cli_main(["pretrain", "--config", str(CONFIGS / "demo.yaml"), *args]) == 0
+    history = load_checkpoint(run_dir / "checkpoints" / "last.pt")["history"]
+    steps = len(history["step"])
+    for key in ("acc1_batch", "emb_std_ratio", "cos_unrelated"):
+        assert len(history[key]) == steps and all(math.isfinite(v) for v in history[key])
+    assert all(0 <= v <= 100 for v in history["acc1_batch"])
+    assert 0.5 < history["emb_std_ratio"][0] <= 1.5  # head BN: spread from the first step
+    retrieval = json.loads((run_dir / "retrieval.json").read_text())
+    assert len(retrieval) == 2  # before training and after the epoch
+    for r in retrieval:
+        assert 0 <= r["instance_top1_pct"] <= 100 and 0 <= r["random_init_instance_top1_pct"] <= 100
+    card = json.loads((run_dir / "export" / "model.json").read_text())
+    assert card["stem"] == "small" and not card["standard_torchvision"] and card["head_bn"]
+    assert len(card["notes"]) == 2
 
 
 def test_export_rejects_a_file_that_is_not_a_checkpoint(tmp_path: Path,

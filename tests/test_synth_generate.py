@@ -12,8 +12,9 @@ import torch
 from PIL import Image
 from scipy import ndimage
 
-from contra.config import ConfigError
+from contra.config import ConfigError, load_config
 from contra.data.synth import SynthConfig, generate
+from contra.data.synth.scene import CAMSETS
 from contra.mano.theta import freihand_layer, mano_from_theta
 
 CFG = SynthConfig(sequences=3, frames=4, test_sequences=1, subjects=2, backgrounds=5,
@@ -27,6 +28,14 @@ META_KEYS = ["is_train", "subject_id", "is_valid", "object_id", "has_fit"]
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return generate(replace(CFG, out_dir=tmp_path_factory.mktemp("synth")))
+
+
+@pytest.fixture(scope="module")
+def plain(data: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The same data without white balance and skin tone shifts (every other draw the same)."""
+    app = replace(CFG.appearance, white_balance=0.0, skin_tone=0.0)
+    return generate(replace(CFG, out_dir=tmp_path_factory.mktemp("plain"), appearance=app,
+                            mano_root=str(data["mano"])))
 
 
 @pytest.fixture(scope="module")
@@ -358,3 +367,60 @@ def test_motion_is_temporally_smooth(data: dict[str, Path], meta: dict) -> None:
         for lag in lags:
             lags[lag].append(np.linalg.norm(local[lag:] - local[:-lag], axis=-1).mean())
     assert np.mean(lags[1]) < 0.6 * np.mean(lags[3])
+
+
+# ------------------------------------------------------------------------------ appearance
+def test_appearance_changes_pixels_only(data: dict[str, Path], plain: dict[str, Path]) -> None:
+    """Looks have their own random streams: geometry, masks and annotations stay byte-equal."""
+    for key in ("hanco", "freihand"):
+        names = files(data[key])
+        assert files(plain[key]) == names
+        same = {n for n in names if (data[key] / n).read_bytes() == (plain[key] / n).read_bytes()}
+        images = {n for n in names if n.endswith(".jpg") and "mask" not in n
+                  and not n.startswith("rnd_backgrounds")}
+        assert same == names - images and not same & images
+
+
+def _gains(ours: Path, theirs: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """(white balance, skin tone) of our raw image against theirs: the backdrop's per-channel
+    ratio over its green one, and the hand inside's ratio with that divided out (NaN if tiny)."""
+    hand = mask(ours / "mask_hand" / name)
+    outside = ~ndimage.binary_dilation(hand, np.ones((7, 7), bool))
+    inner = ndimage.binary_erosion(hand, np.ones((11, 11), bool))  # clear of the green spill
+    a, b = image(ours / "rgb" / name), image(theirs / "rgb" / name)
+    ratio = a[outside].mean(axis=0) / b[outside].mean(axis=0)
+    if inner.sum() < 30:
+        return ratio / ratio[1], np.full(3, np.nan)
+    return ratio / ratio[1], a[inner].mean(axis=0) / b[inner].mean(axis=0) / ratio
+
+
+def test_cameras_differ_in_white_balance_and_views_in_skin_tone(
+        data: dict[str, Path], plain: dict[str, Path], meta: dict) -> None:
+    """Against the run without them: one white balance per camera and sequence, different across
+    the cameras of a frame; a skin tone shift per view, bounded and never its partner's."""
+    app = CFG.appearance
+    wb_bound = app.white_balance / (1 - app.white_balance) + 0.01
+    tone_bound = 2 * app.skin_tone / (1 - app.skin_tone) + 0.03
+    gaps = []
+    for sid, flags in enumerate(meta["is_train"]):
+        if not flags[0]:
+            continue
+        found = [[_gains(data["hanco"], plain["hanco"], f"{sid:04d}/cam{c}/{fid:08d}.jpg")
+                  for c in range(8)] for fid in range(len(flags))]
+        balance, tone = (np.array([[g[k] for g in row] for row in found]) for k in (0, 1))
+        np.testing.assert_allclose(balance, balance[:1].repeat(len(flags), 0), atol=0.01)
+        assert (np.abs(balance - 1) <= wb_bound).all()
+        assert (np.ptp(balance[0, :, [0, 2]], axis=1) > 0.03).all()  # the cameras differ
+        assert (np.abs(tone[np.isfinite(tone)] - 1) <= tone_bound).all(), tone
+        gaps += [np.abs(tone[:, c] - tone[:, p]).max(axis=1)
+                 for c in range(8) for p in set(CAMSETS[c]) - {c}]
+    gaps = np.concatenate(gaps)
+    gaps = gaps[np.isfinite(gaps)]
+    assert len(gaps) > 50 and np.median(gaps) > 0.015 and (gaps < 2 * tone_bound).all()
+
+
+def test_appearance_knobs_are_config_keys_with_range_checks() -> None:
+    cfg = load_config(SynthConfig, overrides=["appearance.white_balance=0.1", "subjects=3"])
+    assert cfg.appearance.white_balance == 0.1 and cfg.subjects == 3
+    with pytest.raises(ConfigError, match="exposure"):
+        load_config(SynthConfig, overrides=["appearance.exposure=0.9"])

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from contra.data.synth import composite
-from contra.data.synth.render import rasterize, shade, vertex_normals
+from contra.data.synth.render import Lighting, rasterize, shade, vertex_normals
 
 K_SMALL = np.array([[40.0, 0.0, 15.3], [0.0, 41.0, 12.7], [0.0, 0.0, 1.0]])
 SIZE = (26, 32)  # (height, width)
@@ -147,6 +147,37 @@ def test_shade_is_lambertian_and_masked() -> None:
     np.testing.assert_allclose(np.linalg.norm(n, axis=1), 1.0)
     side = np.sign(np.einsum("vc,vc->v", n, verts - verts.mean(0)))
     assert len(set(side.tolist())) == 1
+
+
+def test_highlight_is_added_where_lit_and_peaks_at_the_mirror_direction() -> None:
+    verts = np.array([[-0.5, -0.4, 3.0], [0.5, -0.4, 3.0], [0.5, 0.4, 3.0], [-0.5, 0.4, 3.0]])
+    faces = np.array([[0, 1, 2], [0, 2, 3]])
+    frags = rasterize(verts, faces, K_SMALL, SIZE)
+    albedo = np.tile([0.5, 0.4, 0.3], (4, 1))
+    light = np.array([0.0, 0.0, -1.0])  # from the camera: the mirror point is the image centre
+    matte = shade(verts, faces, frags, albedo, light)
+    np.testing.assert_array_equal(shade(verts, faces, frags, albedo, light,
+                                        Lighting(specular=0.0, shininess=5.0)), matte)
+    shiny = shade(verts, faces, frags, albedo, light, Lighting(specular=0.2, shininess=30.0))
+    extra = (shiny - matte)[frags.mask]
+    np.testing.assert_allclose(extra, extra[:, :1].repeat(3, 1), atol=1e-12)  # white
+    assert extra.min() >= 0 and 0.1 < extra.max() <= 0.2 + 1e-12
+    rows, cols = np.nonzero(frags.mask)
+    peak = np.argmax(extra[:, 0])
+    centre = np.array([K_SMALL[1, 2], K_SMALL[0, 2]])
+    assert np.linalg.norm([rows[peak], cols[peak]] - centre) < 2.0
+    behind = shade(verts, faces, frags, albedo, -light, Lighting(specular=0.2))
+    np.testing.assert_array_equal(behind, shade(verts, faces, frags, albedo, -light))  # unlit
+
+
+def test_noise_bank_scales_to_a_cameras_sigma() -> None:
+    bank = composite.NoiseBank(0)
+    flat = np.full((224, 224, 3), 0.5, np.float32)
+    for sigma in (0.005, 0.01, 0.02):
+        noise = bank.add(np.random.default_rng(1), flat, sigma) - flat
+        assert noise.std() == pytest.approx(sigma, rel=0.05)
+    np.testing.assert_array_equal(bank.add(np.random.default_rng(1), flat),
+                                  bank.add(np.random.default_rng(1), flat, 0.01))
 
 
 def test_variants_are_different_operations() -> None:

@@ -1,4 +1,5 @@
-"""Scene draws: the cube rig against spec §1.9, θ per camera, pose trajectories."""
+"""Scene draws: the cube rig against spec §1.9, θ per camera, pose trajectories, the per-camera
+and per-view looks, the forearm stub."""
 
 from __future__ import annotations
 
@@ -9,6 +10,14 @@ import numpy as np
 import pytest
 import torch
 
+from contra.data.synth.forearm import Forearm, wrist_loop
+from contra.data.synth.looks import (
+    Appearance,
+    draw_camera_looks,
+    draw_view_looks,
+    look,
+    turn_lights,
+)
 from contra.data.synth.scene import (
     CAMSETS,
     RigSpec,
@@ -120,3 +129,94 @@ def test_freihand_theta_sits_in_the_image(hand) -> None:
     p = verts.numpy() @ K.transpose(0, 2, 1)
     uv = p[..., :2] / p[..., 2:]
     assert (uv > -5).mean() > 0.99 and (uv < 229).mean() > 0.99
+
+
+# ------------------------------------------------------------------------------ looks
+def test_camera_looks_differ_per_camera_within_their_ranges() -> None:
+    app = Appearance()
+    cams = draw_camera_looks(np.random.default_rng(4), app, 400)
+    balance = cams.gains / cams.gains[:, 1:2]  # white balance: red and blue against green
+    assert (np.abs(balance[:, [0, 2]] - 1) <= app.white_balance / (1 - app.white_balance)).all()
+    assert (np.abs(cams.gains[:, 1] - 1) <= app.exposure).all()
+    assert np.ptp(balance[:, 0]) > app.white_balance and np.ptp(cams.gains[:, 1]) > app.exposure
+    assert (np.abs(cams.key / 0.45 - 1) <= app.key_light).all()
+    assert (np.abs(cams.ambient - 0.4) <= app.ambient).all()
+    spread = cams.noise / app.noise_sigma
+    assert spread.min() >= 1 / app.noise_spread and spread.max() <= app.noise_spread
+    assert np.median(spread) == pytest.approx(1.0, abs=0.15)
+    again = draw_camera_looks(np.random.default_rng(4), app, 400)
+    np.testing.assert_array_equal(again.gains, cams.gains)
+    other = draw_camera_looks(np.random.default_rng(5), app, 400)
+    assert np.abs(other.gains - cams.gains).max() > 0.05
+
+
+def test_partner_views_differ_in_skin_tone_by_a_bounded_amount() -> None:
+    app = Appearance()
+    views = draw_view_looks(np.random.default_rng(0), app, 8)
+    cams = draw_camera_looks(np.random.default_rng(1), app, 8)
+    for c in range(8):
+        for p in set(CAMSETS[c]) - {c}:
+            ratio = views.tone[c] / views.tone[p]
+            assert np.abs(ratio - 1).max() > 1e-3  # never one exact colour
+            assert np.abs(ratio - 1).max() <= 2 * app.skin_tone / (1 - app.skin_tone)
+    image = look(cams, 3, views, 5)
+    np.testing.assert_array_equal(image.tone, views.tone[5])
+    assert image.lighting.key == cams.key[3] and image.noise == cams.noise[3]
+    assert 0 <= image.lighting.specular <= app.specular
+
+
+def test_zero_spreads_give_one_neutral_look() -> None:
+    app = Appearance(light_jitter_deg=0, key_light=0, ambient=0, exposure=0, white_balance=0,
+                     noise_spread=1, skin_tone=0, specular=0)
+    cams = draw_camera_looks(np.random.default_rng(0), app, 8)
+    views = draw_view_looks(np.random.default_rng(0), app, 8)
+    image = look(cams, 2, views, 2)
+    np.testing.assert_array_equal(cams.gains, 1.0)
+    np.testing.assert_array_equal(views.tone, 1.0)
+    assert (image.lighting.ambient, image.lighting.key, image.lighting.specular) == (0.4, 0.45, 0)
+    np.testing.assert_allclose(cams.noise, app.noise_sigma)
+    light = np.array([0.3, -0.2, 0.9])
+    np.testing.assert_allclose(turn_lights(np.random.default_rng(0), light, 8, 0.0),
+                               np.tile(light / np.linalg.norm(light), (8, 1)))
+
+
+def test_key_lights_turn_by_at_most_the_jitter() -> None:
+    light = np.array([0.2, 0.1, 1.0])
+    turned = turn_lights(np.random.default_rng(3), light, 500, 25.0)
+    np.testing.assert_allclose(np.linalg.norm(turned, axis=1), 1.0)
+    angle = np.degrees(np.arccos(np.clip(turned @ (light / np.linalg.norm(light)), -1, 1)))
+    assert angle.max() <= 25.0 + 1e-9 and angle.max() > 20.0 and np.median(angle) > 8.0
+
+
+@pytest.mark.parametrize("bad", [{"exposure": 0.5}, {"white_balance": -0.1},
+                                 {"noise_spread": 0.5}, {"light_jitter_deg": 200.0},
+                                 {"forearm_cm": -1.0}])
+def test_appearance_rejects_out_of_range_knobs(bad: dict[str, float]) -> None:
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        Appearance(**bad)
+
+
+# ------------------------------------------------------------------------------ forearm
+def test_forearm_stub_closes_the_wrist_away_from_the_hand(hand) -> None:
+    loop = wrist_loop(hand.faces)
+    assert len(loop) == len(set(loop.tolist())) >= 8
+    arm = Forearm.of(hand.faces, len(hand.template), 0.08)
+    rng = np.random.default_rng(1)
+    traj = draw_trajectory(rng, hand.basis, np.zeros(10), 3)
+    verts, xyz, _ = hand.world(traj.poses, traj.betas, traj.offset)
+    for t in range(3):
+        drawn = arm.vertices(verts[t])
+        np.testing.assert_array_equal(drawn[: len(verts[t])], verts[t])  # the hand is untouched
+        assert arm.faces.max() == len(drawn) - 1
+        stub = drawn[len(verts[t]):]
+        wrist = verts[t][loop].mean(axis=0)
+        # Beyond the wrist, on the far side from the fingers (keypoint 9: middle-finger MCP).
+        along = (stub - wrist) @ (wrist - xyz[t, 9]) / np.linalg.norm(wrist - xyz[t, 9])
+        assert along.min() > 0.0 and 0.06 < along.max() < 0.12
+    # With the stub the mesh is closed and consistently wound: each edge once in each direction.
+    faces = arm.faces
+    directed = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
+    assert len(np.unique(directed, axis=0)) == len(directed)
+    assert set(map(tuple, directed.tolist())) == set(map(tuple, directed[:, ::-1].tolist()))
+    albedo = arm.albedo(np.random.default_rng(0).uniform(0, 1, (len(hand.template), 3)))
+    assert albedo.shape == (len(drawn), 3)

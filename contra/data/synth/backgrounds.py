@@ -8,6 +8,8 @@ dominates, so no background passes for a green screen.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 from scipy import ndimage
 
@@ -66,12 +68,20 @@ def _stripes(rng: np.random.Generator, height: int, width: int) -> tuple[np.ndar
     return a + t[..., None] * (b - a), np.full((height, width), rng.uniform(0.3, 0.8))
 
 
+@lru_cache(maxsize=256)
+def _spline_rows(cells: int, size: int) -> np.ndarray:
+    """(≈size, cells) weights of ``ndimage.zoom``'s cubic spline along one axis."""
+    return ndimage.zoom(np.eye(cells), (size / cells, 1), order=3, mode="nearest")
+
+
 def _value_noise(rng: np.random.Generator, height: int, width: int
                  ) -> tuple[np.ndarray, np.ndarray]:
     cells = int(rng.integers(3, 24))
     coarse = rng.uniform(0, 1, (cells, cells, 3))
-    fine = ndimage.zoom(coarse, (height / cells, width / cells, 1), order=3, mode="nearest")
-    fine = fine[:height, :width]
+    # = ndimage.zoom(coarse, (height / cells, width / cells, 1), order=3, mode="nearest") to
+    # ~1e-15, but separable: two small matrix products instead of a 3-D spline (~60 ms).
+    rows = np.tensordot(_spline_rows(cells, height), coarse, axes=(1, 0))
+    fine = np.matmul(_spline_rows(cells, width), rows)[:height, :width]
     pad = ((0, height - fine.shape[0]), (0, width - fine.shape[1]), (0, 0))
     return np.clip(np.pad(fine, pad, mode="edge"), 0, 1), np.full((height, width), 0.6)
 

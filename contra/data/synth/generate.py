@@ -1,9 +1,27 @@
 """``contra synth``: a small synthetic HanCo + FreiHAND pair in the real on-disk formats.
 
 The parent process draws every scene parameter and runs MANO (batched per sequence, float64);
-worker processes render, composite and write the files (one task per sequence or sample chunk).
-Every random draw comes from a generator keyed by (seed, stream, ids), so the same seed gives
-byte-identical files whatever ``workers`` is.
+worker processes render, composite and write the files (one task per sequence or sample chunk),
+starting while the parent still draws and writes the FreiHAND annotations.  Every random draw comes
+from a generator keyed by (seed, stream, ids), so the same seed gives byte-identical files whatever
+``workers`` is, and a knob that draws from its own stream leaves the other draws as they were.
+
+Where the synthetic data depart from real HanCo (8 calibrated cameras in one fixed studio, real
+performers' skin, a green screen; its ``*_color_auto`` / ``*_color_sample`` variants recolour the
+hand), and why.  MoCo learns first what a positive pair shares but other images do not, so
+anything two views of one time step share besides pose and shape must not identify the sequence:
+
+* **per-camera looks** (:mod:`~contra.data.synth.looks`): each camera of each sequence has its own
+  key-light direction and level, ambient level, exposure, white balance and noise level.  A real
+  studio has one set of lights and keeps camera settings for many sequences; here a shared
+  shading or colour response would be an identity cue a multiview pair carries;
+* **per-view skin**: each (frame, camera) shifts the subject's tone by a few per cent per channel
+  and draws its own highlight, standing in for view-dependent real skin; the subject keeps a
+  characteristic tone, but partners never share one exact colour;
+* **subjects** are MANO shapes with procedural skin (``subjects``, 12 by default: skin then
+  tells the 24 sequences apart less), not real people; no objects are held (``object_id`` null);
+* the **rig** is an ideal cube re-jittered per sequence, not one calibration; **backgrounds** are
+  procedural, not Flickr photos; the **forearm** is a short stub extruded from MANO's wrist.
 """
 
 from __future__ import annotations
@@ -13,8 +31,8 @@ import logging
 import multiprocessing
 import shutil
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,6 +41,15 @@ import numpy as np
 from contra.config import ConfigError, save_config
 from contra.data.synth import writer
 from contra.data.synth.backgrounds import background_ids
+from contra.data.synth.forearm import Forearm
+from contra.data.synth.looks import (
+    Appearance,
+    CameraLooks,
+    ViewLooks,
+    draw_camera_looks,
+    draw_view_looks,
+    turn_lights,
+)
 from contra.data.synth.scene import (
     N_CAMERAS,
     ROOT_KEYPOINT,
@@ -37,10 +64,13 @@ from contra.data.synth.scene import (
 )
 from contra.data.synth.writer import (
     STREAM_BACKGROUND_IDS,
+    STREAM_CAMERA_LOOK,
     STREAM_FREIHAND,
+    STREAM_FREIHAND_LOOK,
     STREAM_META,
     STREAM_SEQUENCE,
     STREAM_SUBJECT,
+    STREAM_VIEW_LOOK,
     FreihandTask,
     SequenceTask,
     rng_for,
@@ -48,7 +78,7 @@ from contra.data.synth.writer import (
 )
 
 if TYPE_CHECKING:
-    from multiprocessing.pool import Pool
+    from multiprocessing.pool import AsyncResult, Pool
 
     from contra.data.synth.hands import HandModel
 
@@ -70,7 +100,7 @@ class SynthConfig:
     sequences: int = 24  # green-screen sequences
     frames: int = 40  # frames per sequence (5 Hz video)
     test_sequences: int = 2  # is_train == False sequences rendered directly on backgrounds
-    subjects: int = 6  # HanCo performers
+    subjects: int = 12  # HanCo performers (more: skin tone tells sequences apart less)
     backgrounds: int = 40  # procedural background images, non-contiguous ids
     freihand_train: int = 64  # unique FreiHAND training samples (from held-out subjects)
     freihand_eval: int = 32
@@ -81,6 +111,8 @@ class SynthConfig:
     workers: int = 2  # processes
     mano_root: str | None = None  # None: write the stand-in under out_dir/mano
     overwrite: bool = False  # replace existing hanco/ and freihand/ folders under out_dir
+    #: per-camera light, exposure, white balance, noise and per-view skin tone (looks.Appearance)
+    appearance: Appearance = field(default_factory=Appearance)
 
 
 def _check(cfg: SynthConfig) -> None:
@@ -144,25 +176,77 @@ def _plan_meta(cfg: SynthConfig) -> dict[str, list[list]]:
     return meta
 
 
-def _sequence_task(cfg: SynthConfig, hanco: Path, hand: HandModel, sid: int, is_train: bool,
+@dataclass(frozen=True)
+class _Drawn:
+    """The rasterised mesh: the MANO hand and, when on, the forearm stub (faces, colours)."""
+
+    hand: HandModel
+    forearm: Forearm | None
+
+    @classmethod
+    def of(cls, cfg: SynthConfig, hand: HandModel) -> _Drawn:
+        cm = cfg.appearance.forearm_cm
+        stub = Forearm.of(hand.faces, len(hand.template), cm / 100.0) if cm > 0 else None
+        return cls(hand, stub)
+
+    @property
+    def faces(self) -> np.ndarray:
+        return self.hand.faces if self.forearm is None else self.forearm.faces
+
+    def albedo(self, subject: Subject) -> np.ndarray:
+        albedo = subject_albedo(subject, self.hand.template)
+        return albedo if self.forearm is None else self.forearm.albedo(albedo)
+
+
+def _sequence_task(cfg: SynthConfig, hanco: Path, drawn: _Drawn, sid: int, is_train: bool,
                    subject: Subject) -> SequenceTask:
     rng = rng_for(cfg.seed, STREAM_SEQUENCE, sid)
+    hand = drawn.hand
     traj = draw_trajectory(rng, hand.basis, subject.betas, cfg.frames)
     verts, xyz, global_t = hand.world(traj.poses, traj.betas, traj.offset)
     K, M = draw_rig(rng)
     thetas = np.stack([theta_in_camera(traj.poses, traj.betas, xyz, K[c], M[c])
                        for c in range(N_CAMERAS)], axis=1)
     light = rng.normal(0.0, 1.0, 3) + np.array([0.0, 0.0, 1.5])  # world z is up
+    cameras, lights = _camera_looks(cfg, sid, light)
     return SequenceTask(
-        root=str(hanco), seed=cfg.seed, sid=sid, is_train=is_train, faces=hand.faces,
-        albedo=subject_albedo(subject, hand.template), light=light / np.linalg.norm(light),
+        root=str(hanco), seed=cfg.seed, sid=sid, is_train=is_train, faces=drawn.faces,
+        albedo=drawn.albedo(subject), forearm=drawn.forearm, light=lights, cameras=cameras,
+        views=_view_looks(cfg, sid),
         poses=traj.poses, betas=traj.betas, global_t=global_t, verts=verts, xyz=xyz, K=K, M=M,
         thetas=thetas)
 
 
-def _freihand_split(cfg: SynthConfig, freihand: Path, hanco: Path, hand: HandModel, split: str,
-                    n: int, subjects: list[Subject]) -> list[FreihandTask]:
-    """Draw a split's samples, write its annotation files, return its rendering tasks."""
+def _camera_looks(cfg: SynthConfig, sid: int, light: np.ndarray
+                  ) -> tuple[CameraLooks, np.ndarray]:
+    """A sequence's eight camera looks and each camera's key light direction (8, 3), world."""
+    rng = rng_for(cfg.seed, STREAM_CAMERA_LOOK, sid)
+    cameras = draw_camera_looks(rng, cfg.appearance, N_CAMERAS)
+    return cameras, turn_lights(rng, light, N_CAMERAS, cfg.appearance.light_jitter_deg)
+
+
+def _view_looks(cfg: SynthConfig, sid: int) -> ViewLooks:
+    """(T, 8) view looks, one generator per frame: frame t's looks do not depend on ``frames``."""
+    return ViewLooks.stack([draw_view_looks(rng_for(cfg.seed, STREAM_VIEW_LOOK, sid, t),
+                                            cfg.appearance, N_CAMERAS)
+                            for t in range(cfg.frames)])
+
+
+def _sample_looks(cfg: SynthConfig, stream: int, n: int) -> tuple[CameraLooks, ViewLooks]:
+    """One camera and one view look per FreiHAND sample (each from its own generator)."""
+    looks = []
+    for i in range(n):
+        rng = rng_for(cfg.seed, STREAM_FREIHAND_LOOK, stream, i)
+        looks.append((draw_camera_looks(rng, cfg.appearance, 1),
+                      draw_view_looks(rng, cfg.appearance, 1)))
+    return CameraLooks.concat([c for c, _ in looks]), ViewLooks.concat([v for _, v in looks])
+
+
+def _freihand_split(cfg: SynthConfig, freihand: Path, hanco: Path, drawn: _Drawn, split: str,
+                    n: int, subjects: list[Subject]
+                    ) -> tuple[list[FreihandTask], dict[str, np.ndarray]]:
+    """Draw a split's samples: its rendering tasks and its annotations (kind → array)."""
+    hand = drawn.hand
     stream = 0 if split == "training" else 1
     theta, K, light, who = [], [], [], []
     for i in range(n):
@@ -177,24 +261,72 @@ def _freihand_split(cfg: SynthConfig, freihand: Path, hanco: Path, hand: HandMod
     theta_a, K_a, light_a = np.array(theta), np.array(K), np.array(light)
     verts, xyz = hand.camera(theta_a, K_a)
     scale = np.linalg.norm(xyz[:, ROOT_KEYPOINT] - xyz[:, ROOT_KEYPOINT + 1], axis=1)
-    write_json(freihand / f"{split}_K.json", K_a.tolist())
-    write_json(freihand / f"{split}_mano.json", theta_a[:, None, :].tolist())
-    write_json(freihand / f"{split}_xyz.json", xyz.tolist())
-    write_json(freihand / f"{split}_verts.json", verts.tolist())
-    write_json(freihand / f"{split}_scale.json", scale.tolist())
-    albedo = np.array([subject_albedo(s, hand.template) for s in who])
+    albedo = np.array([drawn.albedo(s) for s in who])
+    cams, views = _sample_looks(cfg, stream, n)
     chunks = [slice(a, min(a + _FREIHAND_CHUNK, n)) for a in range(0, n, _FREIHAND_CHUNK)]
-    return [FreihandTask(root=str(freihand), seed=cfg.seed, split=split, n_split=n,
-                         ids=np.arange(n)[c], faces=hand.faces, albedo=albedo[c],
-                         light=light_a[c], verts=verts[c], K=K_a[c],
-                         background_root=str(hanco / "rnd_backgrounds"))
-            for c in chunks]
+    tasks = [FreihandTask(root=str(freihand), seed=cfg.seed, split=split, n_split=n,
+                          ids=np.arange(n)[c], faces=drawn.faces, albedo=albedo[c],
+                          forearm=drawn.forearm, light=light_a[c], cameras=cams.take(c),
+                          views=views.take(c), verts=verts[c], K=K_a[c],
+                          background_root=str(hanco / "rnd_backgrounds"))
+             for c in chunks]
+    return tasks, {"K": K_a, "mano": theta_a[:, None, :], "xyz": xyz, "verts": verts,
+                   "scale": scale}
 
 
-def _run(tasks: Iterable[object], pool: Pool | None) -> int:
-    if pool is None:
-        return sum(writer.run_task(t) for t in tasks)
-    return sum(pool.imap_unordered(writer.run_task, list(tasks), chunksize=1))
+def _background_tasks(cfg: SynthConfig, hanco: Path) -> list[tuple[str, int, int]]:
+    folder = hanco / "rnd_backgrounds"
+    folder.mkdir()
+    ids = background_ids(rng_for(cfg.seed, STREAM_BACKGROUND_IDS), cfg.backgrounds)
+    return [(str(folder / f"{i:05d}.jpg"), cfg.seed, i) for i in ids]
+
+
+def _freihand_splits(cfg: SynthConfig, held_out: list[Subject]
+                     ) -> list[tuple[str, int, list[Subject]]]:
+    """(split, samples, performers): the held-out subjects' first half trains, the rest tests."""
+    half = max(1, len(held_out) // 2)  # one held-out subject only: both splits share it
+    return [("training", cfg.freihand_train, held_out[:half]),
+            ("evaluation", cfg.freihand_eval, held_out[half:] or held_out)]
+
+
+def _write_annotations(freihand: Path, split: str, annotations: dict[str, np.ndarray]) -> None:
+    for kind, value in annotations.items():
+        write_json(freihand / f"{split}_{kind}.json", value.tolist())
+
+
+class _Runner:
+    """Runs writer tasks on a spawned pool, queued so that the parent keeps drawing (and writing
+    annotations) while the workers render; with one worker, inline as they come."""
+
+    def __init__(self, workers: int) -> None:
+        self.pool: Pool | None = None
+        if workers > 1:
+            self.pool = multiprocessing.get_context("spawn").Pool(workers)
+        self.pending: list[AsyncResult] = []
+        self.images = 0
+
+    def __enter__(self) -> _Runner:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        if self.pool is not None:
+            if kind is None:
+                self.pool.close()
+            else:
+                self.pool.terminate()
+            self.pool.join()
+
+    def submit(self, tasks: Sequence[object]) -> None:
+        if self.pool is None:
+            self.images += sum(writer.run_task(t) for t in tasks)
+        else:
+            self.pending.append(self.pool.map_async(writer.run_task, tasks, chunksize=1))
+
+    def wait(self) -> int:
+        """Images (or samples) written by everything submitted so far."""
+        self.images += sum(sum(r.get()) for r in self.pending)
+        self.pending = []
+        return self.images
 
 
 def generate(cfg: SynthConfig) -> dict[str, Path]:
@@ -213,36 +345,24 @@ def generate(cfg: SynthConfig) -> dict[str, Path]:
     out, hanco, freihand = _prepare_out(cfg)
     save_config(cfg, out / "config.yaml")
     mano_root = _mano_root(cfg, out)
-    hand = HandModel(mano_root)
-    n_held = cfg.freihand_subjects
-    subjects = [draw_subject(rng_for(cfg.seed, STREAM_SUBJECT, s), s)
-                for s in range(cfg.subjects + n_held)]
-    held_out = subjects[cfg.subjects:]
-    half = max(1, n_held // 2)  # one held-out subject only: both splits share it
-    frei_train, frei_eval = held_out[:half], held_out[half:] or held_out
-
-    bg_folder = hanco / "rnd_backgrounds"
-    bg_folder.mkdir()
-    bg_tasks = [(str(bg_folder / f"{i:05d}.jpg"), cfg.seed, i)
-                for i in background_ids(rng_for(cfg.seed, STREAM_BACKGROUND_IDS), cfg.backgrounds)]
-    meta = _plan_meta(cfg)
-    tasks: list[object] = [
-        _sequence_task(cfg, hanco, hand, sid, flags[0], subjects[meta["subject_id"][sid][0]])
-        for sid, flags in enumerate(meta["is_train"])]
-    tasks += _freihand_split(cfg, freihand, hanco, hand, "training", cfg.freihand_train,
-                             frei_train)
-    tasks += _freihand_split(cfg, freihand, hanco, hand, "evaluation", cfg.freihand_eval,
-                             frei_eval)
-    prepared = time.perf_counter()
-
-    if cfg.workers == 1:
-        _run(bg_tasks, None)
-        images = _run(tasks, None)
-    else:
-        with multiprocessing.get_context("spawn").Pool(cfg.workers) as pool:
-            _run(bg_tasks, pool)
-            images = _run(tasks, pool)
+    with _Runner(cfg.workers) as runner:  # the workers start while torch loads here
+        drawn = _Drawn.of(cfg, HandModel(mano_root))
+        subjects = [draw_subject(rng_for(cfg.seed, STREAM_SUBJECT, s), s)
+                    for s in range(cfg.subjects + cfg.freihand_subjects)]
+        runner.submit(_background_tasks(cfg, hanco))
+        backgrounds = runner.wait()  # the composites read them
+        meta = _plan_meta(cfg)
+        runner.submit([_sequence_task(cfg, hanco, drawn, sid, flags[0],
+                                      subjects[meta["subject_id"][sid][0]])
+                       for sid, flags in enumerate(meta["is_train"])])
+        for split, n, who in _freihand_splits(cfg, subjects[cfg.subjects:]):
+            tasks, annotations = _freihand_split(cfg, freihand, hanco, drawn, split, n, who)
+            runner.submit(tasks)
+            _write_annotations(freihand, split, annotations)  # while the workers render
+        prepared = time.perf_counter()
+        images = runner.wait() - backgrounds
     (hanco / "meta.json").write_text(json.dumps(meta))
-    log.info("synth: %d camera images and samples in %.1f s (scene set-up %.1f s) under %s",
+    log.info("synth: %d camera images and samples in %.1f s (parent's drawing and annotations "
+             "%.1f s) under %s",
              images, time.perf_counter() - start, prepared - start, out)
     return {"hanco": hanco, "freihand": freihand, "mano": mano_root}

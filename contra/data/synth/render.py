@@ -12,6 +12,7 @@ functions, and the nearest fragment per pixel is kept after one stable sort by (
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
@@ -140,13 +141,25 @@ def interpolate(frags: Fragments, faces: np.ndarray, attr: np.ndarray) -> np.nda
     return np.einsum("nk,nkc->nc", bary, corner)
 
 
+@dataclass(frozen=True)
+class Lighting:
+    """Light levels of :func:`shade`: ambient, a directional key light, a weaker head light at
+    the camera (fills the shadows) and a Blinn-Phong highlight of the key light (skin sheen)."""
+
+    ambient: float = 0.4
+    key: float = 0.45
+    head: float = 0.35
+    specular: float = 0.0
+    shininess: float = 24.0
+
+
 def shade(verts: np.ndarray, faces: np.ndarray, frags: Fragments, albedo: np.ndarray,
-          light_dir: np.ndarray, ambient: float = 0.4) -> np.ndarray:
-    """Lambert shading, (H, W, 3) floats in [0, 1]; zeros outside the mask.
+          light_dir: np.ndarray, lighting: Lighting = Lighting()) -> np.ndarray:
+    """Lambert shading plus an optional white highlight, (H, W, 3) floats in [0, 1]; zeros
+    outside the mask.
 
     ``albedo`` is per vertex (V, 3) in [0, 1]; ``light_dir`` (3,) points from the surface toward the
-    light in the camera frame.  A weaker head light at the camera fills the shadows.  Normals are
-    turned toward the camera, so either winding works.
+    light in the camera frame.  Normals are turned toward the camera, so either winding works.
     """
     attrs = interpolate(frags, faces, np.concatenate(
         [vertex_normals(verts, faces), verts, albedo], axis=1))
@@ -157,7 +170,21 @@ def shade(verts: np.ndarray, faces: np.ndarray, frags: Fragments, albedo: np.nda
     normals[cos_view > 0] *= -1.0  # normal pointed away from the camera
     light = np.asarray(light_dir, dtype=np.float64)
     light = light / np.linalg.norm(light)
-    intensity = ambient + 0.45 * np.clip(normals @ light, 0.0, None) + 0.35 * np.abs(cos_view)
+    cos_light = normals @ light
+    intensity = (lighting.ambient + lighting.key * np.clip(cos_light, 0.0, None)
+                 + lighting.head * np.abs(cos_view))
     image = np.zeros((*frags.face.shape, 3))
     image[frags.mask] = colour * intensity[:, None]
+    if lighting.specular > 0:
+        image[frags.mask] += _highlight(normals, view, light, cos_light, lighting)[:, None]
     return np.clip(image, 0.0, 1.0)
+
+
+def _highlight(normals: np.ndarray, view: np.ndarray, light: np.ndarray, cos_light: np.ndarray,
+               lighting: Lighting) -> np.ndarray:
+    """Blinn-Phong term per pixel (N,) on the key light's side, scaled with the key's level."""
+    half = light - view  # −view points toward the camera
+    half = half / np.maximum(np.linalg.norm(half, axis=1, keepdims=True), 1e-12)
+    cos_half = np.clip(np.einsum("nc,nc->n", normals, half), 0.0, None)
+    strength = lighting.specular * lighting.key / Lighting.key
+    return np.where(cos_light > 0, strength * cos_half**lighting.shininess, 0.0)

@@ -17,6 +17,8 @@ from PIL import Image
 
 from contra.data.synth import composite
 from contra.data.synth.backgrounds import procedural_background
+from contra.data.synth.forearm import Forearm
+from contra.data.synth.looks import CameraLooks, Look, ViewLooks, look
 from contra.data.synth.render import IMAGE_SIZE, rasterize, shade
 from contra.data.synth.scene import N_CAMERAS, to_camera
 
@@ -25,6 +27,7 @@ JPEG_QUALITY = 95
 STREAM_SUBJECT, STREAM_SEQUENCE, STREAM_META, STREAM_BACKGROUND_IDS = 1, 2, 3, 4
 STREAM_BACKGROUND, STREAM_IMAGE, STREAM_SCENE_BACKGROUND = 5, 6, 7
 STREAM_FREIHAND, STREAM_FREIHAND_IMAGE, STREAM_BACKDROP = 8, 9, 10
+STREAM_CAMERA_LOOK, STREAM_VIEW_LOOK, STREAM_FREIHAND_LOOK = 11, 12, 13
 FREIHAND_VERSIONS = ("gs", "hom", "sample", "auto")  # training id = i + n·index (spec §5.1)
 VERSION_OF_VARIANT = {"gs": "merged", "hom": "homo", "sample": "color_sample",
                       "auto": "color_auto"}
@@ -99,19 +102,32 @@ class Shot:
 
 
 def render_hand(verts_cam: np.ndarray, faces: np.ndarray, K: np.ndarray, albedo: np.ndarray,
-                light_cam: np.ndarray) -> Shot:
+                light_cam: np.ndarray, view: Look) -> Shot:
+    """The hand with the subject's albedo shifted to this view's tone, lit as the look says."""
     frags = rasterize(verts_cam, faces, K)
-    return Shot(shade(verts_cam, faces, frags, albedo, light_cam), frags.mask)
+    tinted = np.clip(albedo * view.tone, 0.0, 1.0)
+    return Shot(shade(verts_cam, faces, frags, tinted, light_cam, view.lighting), frags.mask)
+
+
+def capture(rng: np.random.Generator, image: np.ndarray, noise: composite.NoiseBank, view: Look
+            ) -> np.ndarray:
+    """What the camera records of a linear image: its exposure and white balance, then noise."""
+    return np.clip(noise.add(rng, view.respond(image), view.noise), 0.0, 1.0)
+
+
+def drawn(verts: np.ndarray, forearm: Forearm | None) -> np.ndarray:
+    """The vertices to rasterise: the hand's, then the forearm stub's when there is one."""
+    return verts if forearm is None else forearm.vertices(verts)
 
 
 def green_screen_set(rng: np.random.Generator, shot: Shot, backdrop: np.ndarray,
-                     noise: composite.NoiseBank, backgrounds: list[composite.Background]
-                     ) -> dict[str, np.ndarray]:
-    """Raw green-screen image (hand with spill on ``backdrop``, sensor noise) and its four
-    composites, uint8, keyed 'rgb' and the variant names."""
+                     noise: composite.NoiseBank, backgrounds: list[composite.Background],
+                     view: Look) -> dict[str, np.ndarray]:
+    """Raw green-screen image (hand with spill on ``backdrop``, camera response and noise) and its
+    four composites, uint8, keyed 'rgb' and the variant names."""
     cut = composite.cutout(shot.hand, shot.mask)
     spilled = composite.add_spill(rng, cut, backdrop[::8, ::8].mean(axis=(0, 1)))
-    raw = np.clip(noise.add(rng, composite.paste(spilled, backdrop)), 0.0, 1.0)
+    raw = capture(rng, composite.paste(spilled, backdrop), noise, view)
     picks = rng.choice(len(backgrounds), size=len(composite.VARIANTS))
     mixed = composite.variants(rng, cut.with_colour(raw[cut.box]),
                                [backgrounds[i] for i in picks])
@@ -119,10 +135,10 @@ def green_screen_set(rng: np.random.Generator, shot: Shot, backdrop: np.ndarray,
 
 
 def on_background(rng: np.random.Generator, shot: Shot, scene: np.ndarray,
-                  noise: composite.NoiseBank) -> np.ndarray:
+                  noise: composite.NoiseBank, view: Look) -> np.ndarray:
     """A recording in front of a real scene: no green spill, uint8."""
     image = composite.paste(composite.cutout(shot.hand, shot.mask), scene)
-    return composite.to_uint8(noise.add(rng, image))
+    return composite.to_uint8(capture(rng, image, noise, view))
 
 
 def scene_background(seed: int, stream: int, *ids: int) -> np.ndarray:
@@ -144,9 +160,12 @@ class SequenceTask:
     seed: int
     sid: int
     is_train: bool
-    faces: np.ndarray  # (F, 3)
-    albedo: np.ndarray  # (778, 3)
-    light: np.ndarray  # (3,) world direction toward the light
+    faces: np.ndarray  # (F, 3) of the drawn mesh (the hand's, then the forearm's)
+    albedo: np.ndarray  # (V, 3) the subject's, per drawn vertex
+    forearm: Forearm | None
+    light: np.ndarray  # (8, 3) world direction toward the key light, per camera
+    cameras: CameraLooks  # (8,)
+    views: ViewLooks  # (T, 8)
     poses: np.ndarray  # (T, 48) world
     betas: np.ndarray  # (10,)
     global_t: np.ndarray  # (T, 3)
@@ -186,14 +205,14 @@ def write_sequence(task: SequenceTask) -> int:
         for c in range(N_CAMERAS):
             name = f"{sid:04d}/cam{c}/{t:08d}"
             write_json(root / "shape" / f"{name}.json", task.thetas[t, c].tolist())
-            M = task.M[c]
-            shot = render_hand(to_camera(task.verts[t], M), task.faces, task.K[c], task.albedo,
-                               M[:3, :3] @ task.light)
+            M, view = task.M[c], look(task.cameras, c, task.views, (t, c))
+            shot = render_hand(to_camera(drawn(task.verts[t], task.forearm), M), task.faces,
+                               task.K[c], task.albedo, M[:3, :3] @ task.light[c], view)
             rng = rng_for(task.seed, STREAM_IMAGE, sid, t, c)
             if task.is_train:
-                images = green_screen_set(rng, shot, scenes[c], noise, backgrounds)
+                images = green_screen_set(rng, shot, scenes[c], noise, backgrounds, view)
             else:
-                images = {"rgb": on_background(rng, shot, scenes[c], noise)}
+                images = {"rgb": on_background(rng, shot, scenes[c], noise, view)}
             mask = encode_jpeg(mask_image(shot.mask))
             write_bytes(root / "mask_hand" / f"{name}.jpg", mask)
             write_bytes(root / "mask_fg" / f"{name}.jpg", mask)  # no objects: fg = hand
@@ -213,9 +232,12 @@ class FreihandTask:
     split: str  # 'training' or 'evaluation'
     n_split: int  # unique samples in the split (training id offset per version)
     ids: np.ndarray  # (B,) sample ids i
-    faces: np.ndarray
-    albedo: np.ndarray  # (B, 778, 3)
+    faces: np.ndarray  # of the drawn mesh
+    albedo: np.ndarray  # (B, V, 3) per drawn vertex
+    forearm: Forearm | None
     light: np.ndarray  # (B, 3) camera-frame directions toward the light
+    cameras: CameraLooks  # (B,): every sample has its own camera
+    views: ViewLooks  # (B,)
     verts: np.ndarray  # (B, 778, 3) camera frame
     K: np.ndarray  # (B, 3, 3)
     background_root: str  # the HanCo rnd_backgrounds folder (training composites)
@@ -229,15 +251,17 @@ def write_freihand(task: FreihandTask) -> int:
     noise = noise_bank(task.seed)
     make_folders([root / "rgb", root / "mask"] if task.split == "training" else [root / "rgb"])
     for b, i in enumerate(task.ids.tolist()):
-        shot = render_hand(task.verts[b], task.faces, task.K[b], task.albedo[b], task.light[b])
+        view = look(task.cameras, b, task.views, b)
+        shot = render_hand(drawn(task.verts[b], task.forearm), task.faces, task.K[b],
+                           task.albedo[b], task.light[b], view)
         rng = rng_for(task.seed, STREAM_FREIHAND_IMAGE, stream_id, i)
         if task.split == "evaluation":
             scene = scene_background(task.seed, STREAM_SCENE_BACKGROUND, 1 << 20, i)
-            image = on_background(rng, shot, scene, noise)
+            image = on_background(rng, shot, scene, noise, view)
             write_bytes(root / "rgb" / f"{i:08d}.jpg", encode_jpeg(image))
             continue
         backdrop = composite.green_backdrop(rng, (IMAGE_SIZE, IMAGE_SIZE))
-        images = green_screen_set(rng, shot, backdrop, noise, backgrounds)
+        images = green_screen_set(rng, shot, backdrop, noise, backgrounds, view)
         for v, version in enumerate(FREIHAND_VERSIONS):
             image = images[VERSION_OF_VARIANT[version]]
             write_bytes(root / "rgb" / f"{i + task.n_split * v:08d}.jpg", encode_jpeg(image))
