@@ -170,6 +170,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     save_checkpoint(weights, args.out)
     print(f"wrote {args.out} ({args.format} layout, {len(weights)} tensors, step "
           f"{state.get('step', '?')})")
+    stem = (state.get("config") or {}).get("model", {}).get("stem", "imagenet")
+    if stem != "imagenet":
+        print(f"note: non-standard backbone (model.stem={stem}: conv1 3x3 stride 1, no "
+              f"max-pool); build it with contra.nets (stem='{stem}'), not torchvision's resnet")
     return 0
 
 

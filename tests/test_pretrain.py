@@ -155,8 +155,8 @@ def test_single_process_run_checkpoint_and_export(tmp_path: Path, synth_root: Pa
     assert {"fc.weight", "fc2.weight"} <= torch.load(hand, weights_only=True).keys()
 
 
-def test_collapse_freshness_and_instance_figures_are_logged(tmp_path: Path,
-                                                           synth_root: Path) -> None:
+def test_collapse_freshness_and_instance_figures_are_logged(
+        tmp_path: Path, synth_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The remedies run together (small stem, head BN, warm-up, queue+batch negatives) and every
     run records the freshness control, the collapse statistics and the instance measure."""
     run_dir = tmp_path / "run"
@@ -178,6 +178,10 @@ def test_collapse_freshness_and_instance_figures_are_logged(tmp_path: Path,
     card = json.loads((run_dir / "export" / "model.json").read_text())
     assert card["stem"] == "small" and not card["standard_torchvision"] and card["head_bn"]
     assert len(card["notes"]) == 2
+    capsys.readouterr()
+    assert cli_main(["export", str(run_dir / "checkpoints" / "last.pt"),
+                     "--out", str(tmp_path / "small.pth")]) == 0
+    assert "non-standard backbone (model.stem=small" in capsys.readouterr().out
 
 
 def test_export_rejects_a_file_that_is_not_a_checkpoint(tmp_path: Path,
