@@ -11,6 +11,8 @@ out; float64 inputs stay float64.
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 from numpy.typing import ArrayLike
@@ -92,3 +94,16 @@ def knn_accuracy(query: Tensor | ArrayLike, query_labels: Tensor | ArrayLike,
         ranked = torch.sort(sim, dim=1, descending=True, stable=True).indices[:, :k]
         hits += int((_vote(yg[ranked]) == yq[start:start + len(sim)]).sum())
     return 100.0 * hits / len(q)
+
+
+def fixed_pairs(dataset: torch.utils.data.Dataset, n: int) -> tuple[Tensor, Tensor] | None:
+    """``n`` positive pairs of a pair dataset's distribution, evenly spaced over its items and
+    drawn from an epoch training never reaches (so none is a pair seen in training); ``None``
+    for n = 0. The dataset must have ``set_epoch`` (:class:`contra.pairs.PairDataset`)."""
+    if n == 0:
+        return None
+    pairs = copy.copy(dataset)
+    pairs.set_epoch(2**31 - 1)  # type: ignore[attr-defined]
+    step = max(1, len(pairs) // n)  # type: ignore[arg-type]
+    views = [pairs[i * step] for i in range(min(n, len(pairs)))]  # type: ignore[arg-type]
+    return torch.stack([v[0] for v in views]), torch.stack([v[1] for v in views])

@@ -28,7 +28,6 @@ Preemption
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 import json
 import logging
@@ -44,15 +43,15 @@ from torch import Tensor, nn
 
 from contra import dist as cdist
 from contra.atomic import write_text_atomic
-from contra.checkpoint import save_checkpoint
 from contra.collapse import CollapseConfig, CollapseWatch, embedding_stats
 from contra.config import ConfigError, load_config
 from contra.data.hanco import HanCo
 from contra.entry import stage_main
+from contra.export import export_encoder
 from contra.infonce import accuracy, batch_logits, batch_loss
-from contra.instance import instance_top1
+from contra.instance import fixed_pairs, instance_top1
 from contra.moco import MoCo
-from contra.nets import EXPORTS, EmbedNet
+from contra.nets import EmbedNet
 from contra.pairs import PairConfig, PairDataset
 from contra.preempt import EXIT_PREEMPTED
 from contra.queue import ShardedQueue
@@ -323,7 +322,7 @@ class MocoStage:
         make = lambda: EmbedNet(m.arch, m.dim, m.dilate_last, m.bn_momentum,  # noqa: E731
                                 m.dropout, m.stem, m.head_bn)
         self.baseline = self.monitor.baseline(make)
-        self.instance = self._instance_pairs(cfg.monitor.instance_pairs)
+        self.instance = fixed_pairs(self.dataset, cfg.monitor.instance_pairs)
         if self.instance is not None:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(cfg.monitor.seed or 0)
@@ -331,17 +330,6 @@ class MocoStage:
         run.log_metrics({f"retrieval/{k}": v for k, v in self.baseline.items()})
         if run.progress.step == 0:
             self._monitor(0)
-
-    def _instance_pairs(self, n: int) -> tuple[Tensor, Tensor] | None:
-        """``n`` fixed positive pairs of the training distribution, drawn from an epoch that
-        training never reaches, for :func:`contra.instance.instance_top1`."""
-        if n == 0:
-            return None
-        pairs = copy.copy(self.dataset)
-        pairs.set_epoch(2**31 - 1)
-        step = max(1, len(pairs) // n)
-        views = [pairs[i * step] for i in range(min(n, len(pairs)))]
-        return torch.stack([v[0] for v in views]), torch.stack([v[1] for v in views])
 
     def _instance_top1(self, encoder: nn.Module) -> float:
         """Percent of the fixed pairs' first views whose nearest second view is their own
@@ -375,39 +363,15 @@ class MocoStage:
 
     def finish(self, code: int) -> tuple[list[Path], dict[str, Any]]:
         """Rank 0: export the backbone (when complete) and the loss curve."""
-        paths = self._export() if code == 0 else []
+        paths = []
+        if code == 0:
+            sd = {k: v.cpu() for k, v in self.model.encoder_q.state_dict().items()}
+            paths = export_encoder(sd, self.cfg.model, self.run.dir.export, self.run.dir.root)
         curve = self.run.dir.figure("loss_curve.png")
         h = self.run.progress.history
         save_curve(curve, {"loss": (h.get("step", []), h.get("loss", []))},
                    title="MoCo InfoNCE loss")
         return [curve, *paths], {}
-
-    def _export(self) -> list[Path]:
-        out = self.run.dir.export
-        out.mkdir(parents=True, exist_ok=True)
-        sd = {k: v.cpu() for k, v in self.model.encoder_q.state_dict().items()}
-        names = {"torchvision": "backbone_torchvision.pth", "contra-hand": "embed_contra_hand.pth"}
-        paths = [save_checkpoint(EXPORTS[fmt](sd), out / name) for fmt, name in names.items()]
-        # relative to the run directory, so the listing survives moving the folder
-        listing = write_text_atomic(out / "weights.txt", "".join(
-            f"{p.resolve().relative_to(self.run.dir.root.resolve())}\n" for p in paths))
-        log.info("exported the query encoder to %s", out)
-        return [listing, self._export_card(out / "model.json")]
-
-    def _export_card(self, path: Path) -> Path:
-        """What the exported weights are: arch, stem, and whether torchvision can load them."""
-        m = self.cfg.model
-        notes = []
-        if m.stem != "imagenet":
-            notes.append("non-standard small stem (conv1 3x3 stride 1, no max-pool): load with "
-                         "contra.nets and model.stem=small, not into torchvision's resnet")
-        if m.head_bn:
-            notes.append("head_bn: the embed export keeps fc/fc2 only (contra-hand's layout), "
-                         "not the head's BatchNorms; the backbone is complete")
-        return write_text_atomic(path, json.dumps({
-            "arch": m.arch, "dim": m.dim, "stem": m.stem, "dilate_last": m.dilate_last,
-            "head_bn": m.head_bn, "standard_torchvision": m.stem == "imagenet",
-            "notes": notes}, indent=1))
 
 
 # --------------------------------------------------------------------------------- entry
