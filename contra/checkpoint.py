@@ -34,7 +34,10 @@ class CheckpointError(ValueError):
 
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike[str]) -> Path:
-    """Write `state` to `path` atomically: temp file, fsync, `os.replace`, fsync the directory."""
+    """Write `state` to `path` atomically: temp file, fsync, `os.replace`, fsync the directory.
+
+    Out of space: a one-line `contra.atomic.DiskFullError`; the previous file stays, loadable.
+    """
     with replacing(path) as tmp, open(tmp, "wb") as f:
         torch.save(state, f)
     return Path(path)

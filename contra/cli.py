@@ -161,8 +161,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     from contra.nets import EXPORTS
 
     state = load_checkpoint(args.checkpoint)
-    if "model" not in state:
-        raise CheckpointError(f"{args.checkpoint}: no 'model' entry (not a pretraining checkpoint)")
+    if not isinstance(state.get("model"), dict):
+        raise CheckpointError(f"{args.checkpoint}: no 'model' state dict (not a pretraining "
+                              f"checkpoint)")
     try:
         weights = EXPORTS[args.format](state["model"])
     except ValueError as e:
@@ -170,7 +171,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     save_checkpoint(weights, args.out)
     print(f"wrote {args.out} ({args.format} layout, {len(weights)} tensors, step "
           f"{state.get('step', '?')})")
-    stem = (state.get("config") or {}).get("model", {}).get("stem", "imagenet")
+    config = state.get("config")
+    model = config.get("model") if isinstance(config, dict) else None
+    stem = model.get("stem", "imagenet") if isinstance(model, dict) else "imagenet"
     if stem != "imagenet":
         print(f"note: non-standard backbone (model.stem={stem}: conv1 3x3 stride 1, no "
               f"max-pool); build it with contra.nets (stem='{stem}'), not torchvision's resnet")
@@ -228,7 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
                                         "anything is wrong.")
     p.add_argument("root", type=Path, help="HanCo root (with meta.json) or FreiHAND root")
     p.add_argument("--examples", type=int, default=5, help="example paths shown per problem")
-    p.add_argument("--deep", action="store_true", help="decode every image fully (slow)")
+    p.add_argument("--deep", action="store_true",
+                   help="decode every image fully, JPEGs with the training decoder: flags "
+                        "exactly the images a run would skip (slow)")
     p.set_defaults(func=cmd_data_check)
     p = data_sub.add_parser("show", help="draw a HanCo image with keypoints and mask outline",
                             description="Projects xyz with the camera's K·M onto the image.")

@@ -9,6 +9,7 @@ file (or the override) and the dotted key, and the resolved config is written be
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -24,6 +25,17 @@ _MISSING = object()
 class ConfigError(ValueError):
     """A config problem; the message is one line naming the source and the dotted key."""
 
+    def __init__(self, message: str) -> None:
+        super().__init__(message.translate(_LINE_BREAKS))  # keys and values come from users
+
+
+# what str.splitlines() splits on, written as escapes so that a message stays one line
+_LINE_BREAKS = {ord(c): repr(c)[1:-1] for c in "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"}
+# YAML parsing fails outside YAMLError too: a bad date (ValueError), an integer over Python's
+# 4300 digits (ValueError), nesting deeper than the recursion limit (RecursionError)
+_YAML_FAILURES = (yaml.YAMLError, ValueError, RecursionError)
+_INT64 = 2**63
+
 
 def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
     """``["a.b=3", "c=[1, 2]"]`` → ``{"a.b": 3, "c": [1, 2]}``; values are parsed as YAML."""
@@ -34,21 +46,27 @@ def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
             raise ConfigError(f"command line: override '{item}' is not of the form key.sub=value")
         try:
             parsed[key.strip()] = yaml.safe_load(text) if text.strip() else ""
-        except yaml.YAMLError:
+        except _YAML_FAILURES:
             parsed[key.strip()] = text
     return parsed
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a UTF-8 text file (byte {exc.start})") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
         raise ConfigError(f"{path}: malformed YAML{where}: {problem}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: malformed YAML: nested too deeply") from None
+    except ValueError as exc:  # a scalar in YAML's int or date syntax that is not one
+        raise ConfigError(f"{path}: malformed YAML: {str(exc).split(';')[0]}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -162,10 +180,11 @@ def _coerce(tp: Any, value: Any, dotted: str, sources: _Sources) -> Any:
             raise fail
         return {str(k): _coerce(args[1] if args else Any, v, f"{dotted}.{k}", sources)
                 for k, v in value.items()}
-    return _coerce_scalar(tp, value, fail)
+    return _coerce_scalar(tp, value, fail, f"{sources.name(dotted)}: '{dotted}'")
 
 
-def _coerce_scalar(tp: Any, value: Any, fail: ConfigError) -> Any:
+def _coerce_scalar(tp: Any, value: Any, fail: ConfigError, label: str) -> Any:
+    """``value`` as the scalar type ``tp``; floats must be finite, ints fit in 64 bits."""
     if tp is Any:
         return value
     if tp is type(None):
@@ -177,18 +196,19 @@ def _coerce_scalar(tp: Any, value: Any, fail: ConfigError) -> Any:
             return value
         raise fail
     if tp is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads '1e-3' (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise fail
+        number = _float(value)
+        if number is None:
+            raise fail
+        if not math.isfinite(number):
+            raise ConfigError(f"{label}: expected a finite number, got {value!r}")
+        return number
     if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise fail
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise fail
+        if not -_INT64 <= value < _INT64:
+            raise ConfigError(f"{label}: expected a 64-bit int, got one of {value.bit_length()} "
+                              f"bits")
+        return value
     if tp is str:
         if isinstance(value, str):
             return value
@@ -198,6 +218,19 @@ def _coerce_scalar(tp: Any, value: Any, fail: ConfigError) -> Any:
             return Path(value)
         raise fail
     raise ConfigError(f"unsupported config annotation {tp!r}")
+
+
+def _float(value: Any) -> float | None:
+    """A float from a number or a numeric string (YAML 1.1 reads '1e-3' as a string), else None;
+    an int too large for a float becomes inf (refused as non-finite)."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return None
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf
+    except ValueError:
+        return None
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

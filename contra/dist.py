@@ -9,6 +9,7 @@ read here: no SLURM commands, no cluster knowledge.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -86,19 +87,64 @@ def device_for(env: DistEnv) -> torch.device:
     return torch.device("cpu")
 
 
+class PeerFailure(Exception):
+    """Another rank failed first and reported it; this rank exits quietly with ``code``."""
+
+    def __init__(self, rank: int, code: int) -> None:
+        super().__init__(f"rank {rank}: stopped after another rank failed (exit {code})")
+        self.code = code
+
+
+_STORE: dist.TCPStore | None = None  # the job's rendezvous store (rank 0 serves it)
+_FAILURE_KEY = "contra/first_failure"
+CLAIM_TIMEOUT = timedelta(seconds=5)
+CLAIM_DEFER_S = 1.0
+
+
 def init_process_group(env: DistEnv, backend: str | None = None,
                        timeout: timedelta = timedelta(minutes=10)) -> None:
-    """Join the job's process group (a no-op for a single process)."""
+    """Join the job's process group (a no-op for a single process).
+
+    The rendezvous store is made here (what ``tcp://`` init would make) and kept, so a failing
+    rank can later tell whether another rank already reported (:func:`claim_failure`).
+    """
+    global _STORE
     if not env.distributed or dist.is_initialized():
         return
     backend = backend or default_backend()
     if backend == "nccl":
         torch.cuda.set_device(device_for(env))
-    dist.init_process_group(
-        backend, init_method=f"tcp://{env.master_addr}:{env.master_port}",
-        rank=env.rank, world_size=env.world_size, timeout=timeout)
+    assert env.master_addr is not None and env.master_port is not None
+    _STORE = dist.TCPStore(env.master_addr, env.master_port, env.world_size,
+                           is_master=env.rank == 0, timeout=timeout)
+    dist.init_process_group(backend, store=_STORE, rank=env.rank, world_size=env.world_size,
+                            timeout=timeout)
+
+
+def claim_failure(env: DistEnv, code: int) -> tuple[bool, int]:
+    """Whether this rank is the first of the job to fail, and the exit code of the first.
+
+    Exactly one failing rank wins (an atomic compare-and-set on the rendezvous store), so only
+    it reports the error; the others exit quietly with the winner's code. A store that no longer
+    answers (rank 0 exited) means another rank got there first. A single process always wins.
+    """
+    if not env.distributed or _STORE is None:
+        return True, code
+    mine = f"{env.rank}:{code}"
+    if env.rank != 0:  # ranks that fail together (a collective decision): rank 0 reports
+        time.sleep(CLAIM_DEFER_S)
+    try:
+        _STORE.set_timeout(CLAIM_TIMEOUT)
+        first = _STORE.compare_set(_FAILURE_KEY, "", mine).decode()
+    except (RuntimeError, OSError, ValueError):  # the store's host is gone
+        return False, code
+    if first == mine:
+        return True, code
+    return False, int(first.split(":")[1])
 
 
 def destroy_process_group() -> None:
+    global _STORE
     if dist.is_initialized():
         dist.destroy_process_group()
+    _STORE = None

@@ -22,6 +22,7 @@ EXIT_USER_ERROR = 2
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions whose message is already a complete one-line explanation for the user."""
+    from contra.atomic import DiskFullError
     from contra.checkpoint import CheckpointError
     from contra.data.errors import DataFormatError
     from contra.demo import DemoError
@@ -31,7 +32,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from contra.report import ReportError
 
     return (ConfigError, ManoFileError, EvaluationInputError, DataFormatError, FileNotFoundError,
-            CheckpointError, DistEnvError, DemoError, ReportError)
+            CheckpointError, DistEnvError, DemoError, ReportError, DiskFullError)
 
 
 def configure_logging(level: str = "INFO") -> None:
@@ -49,13 +50,58 @@ def configure_logging(level: str = "INFO") -> None:
                         datefmt="%H:%M:%S")
 
 
+def exit_code(exc: BaseException) -> int:
+    """The exit code a failure ends with: 2 for a known user error, 1 for anything else."""
+    return EXIT_USER_ERROR if isinstance(exc, user_errors()) else 1
+
+
+def one_line(exc: BaseException) -> str:
+    """The user's one-line message of ``exc``, also when it was raised in a worker process.
+
+    A DataLoader worker's exception reaches the main process rebuilt as the same type with the
+    message ``Caught X in DataLoader worker process N.\nOriginal Traceback ...``; its last
+    ``module.X: message`` line is the original message.
+    """
+    text = str(exc)
+    if "\n" not in text or not text.startswith("Caught "):
+        return text
+    cls = type(exc)
+    names = (f"{cls.__module__}.{cls.__qualname__}: ", f"{cls.__qualname__}: ")
+    for line in reversed(text.splitlines()):
+        for name in names:
+            if line.startswith(name):
+                return line[len(name):]
+    return text.splitlines()[-1]
+
+
+_last_error: str | None = None
+
+
+def last_error() -> str | None:
+    """The last one-line error :func:`guarded` printed in this process (for launchers that run
+    a stage in-process, e.g. a submitit task, and report it again)."""
+    return _last_error
+
+
 def guarded(func: Callable[[], int]) -> int:
-    """Run ``func``; a known user error becomes one stderr line and exit code 2."""
+    """Run ``func``; a known user error becomes one stderr line and exit code 2.
+
+    In a multi-rank job only the first rank to fail reports (:func:`contra.dist.claim_failure`);
+    the others, whose error is usually only the lost connection to it, exit with its code.
+    """
+    from contra.dist import PeerFailure
+
+    global _last_error
     try:
         return func()
     except user_errors() as exc:
-        print(f"contra: error: {exc}", file=sys.stderr)
+        _last_error = one_line(exc)
+        print(f"contra: error: {_last_error}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except PeerFailure as exc:
+        logging.getLogger(__name__).info("%s", exc)
+        logging.getLogger(__name__).debug("its own error", exc_info=exc.__cause__)
+        return exc.code
 
 
 def add_config_args(p: argparse.ArgumentParser) -> None:

@@ -16,11 +16,13 @@ import json
 import logging
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from contra.atomic import DISK_FULL, disk_full_error
 from contra.metrics import SCORE_KEYS, FreihandReport, NonManoAlign, freihand_report
 
 logger = logging.getLogger(__name__)
@@ -28,6 +30,9 @@ logger = logging.getLogger(__name__)
 GT_XYZ_FILE = "evaluation_xyz.json"
 GT_VERTS_FILE = "evaluation_verts.json"
 PathLike = str | os.PathLike[str]
+#: coordinates (metres) beyond this are refused: far outside any camera's view, and their squares
+#: would overflow the metrics' float64 arithmetic (1e308 → inf → a failed SVD)
+MAX_ABS_M = 1e6
 
 # What the official eval.py writes for mesh metrics in non-MANO mode: -1, after its x100 for means.
 _OFFICIAL_UNDEFINED = {
@@ -72,6 +77,11 @@ def _load_json(path: Path) -> Any:
         ) from None
     except UnicodeDecodeError:
         raise _fail(str(path), "not a UTF-8 JSON text") from None
+    except ValueError:  # json's other refusal: an integer longer than Python converts
+        raise _fail(str(path), f"malformed JSON: a number with more than "
+                    f"{sys.get_int_max_str_digits()} digits") from None
+    except RecursionError:
+        raise _fail(str(path), "malformed JSON: arrays or objects nested too deeply") from None
 
 
 def _describe(value: Any) -> str:
@@ -92,6 +102,8 @@ def _sample_array(entry: Any, name: str, where: str) -> np.ndarray:
         return np.asarray(entry, dtype=np.float64)
     except (TypeError, ValueError):
         raise _fail(name, f"{where} is not a regular array of numbers") from None
+    except OverflowError:
+        raise _fail(name, f"{where} has a number outside the float64 range") from None
 
 
 def _check_sample(arr: np.ndarray, name: str, where: str, points: int | None) -> None:
@@ -103,19 +115,25 @@ def _check_sample(arr: np.ndarray, name: str, where: str, points: int | None) ->
         raise _fail(name, f"{where} has shape {arr.shape}, expected {expected}")
     if not np.all(np.isfinite(arr)):
         raise _fail(name, f"{where} contains NaN or infinite values")
+    if np.abs(arr).max(initial=0.0) > MAX_ABS_M:
+        raise _fail(name, f"{where} has coordinates beyond ±{MAX_ABS_M:g} m (not metres?)")
 
 
 def _fast_batch(entries: list[Any], name: str, field: str) -> np.ndarray | None:
     """The whole nested list as one (S, N, 3) array if it is one (checked finite), else None."""
     try:
         arr = np.asarray(entries, dtype=np.float64)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
     if arr.ndim != 3 or arr.shape[2] != 3:
         return None
     finite = np.isfinite(arr).all(axis=(1, 2))
     if not finite.all():
         raise _fail(name, f"{field}[{int(np.argmin(finite))}] contains NaN or infinite values")
+    inside = (np.abs(arr) <= MAX_ABS_M).all(axis=(1, 2))
+    if not inside.all():
+        raise _fail(name, f"{field}[{int(np.argmin(inside))}] has coordinates beyond "
+                    f"±{MAX_ABS_M:g} m (not metres?)")
     return arr
 
 
@@ -233,10 +251,15 @@ def _write_atomically(files: dict[Path, str]) -> None:
         for path, text in files.items():
             tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
             temps[path] = tmp
-            with tmp.open("w", encoding="utf-8") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
+            try:
+                with tmp.open("w", encoding="utf-8") as f:
+                    f.write(text)
+                    f.flush()
+                    os.fsync(f.fileno())
+            except OSError as exc:
+                if exc.errno in DISK_FULL:  # one line, as every other write of a run
+                    raise disk_full_error(path, exc, path.exists()) from None
+                raise
         for path, tmp in temps.items():
             os.replace(tmp, path)
     finally:

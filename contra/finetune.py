@@ -41,6 +41,7 @@ from contra.atomic import write_text_atomic
 from contra.checkpoint import save_checkpoint
 from contra.config import ConfigError, load_config
 from contra.data.freihand import FreiHAND
+from contra.data.retry import CountedBatch, CountingCollate, LoadTally
 from contra.data.supervised import SupervisedDataConfig, SupervisedDataset
 from contra.entry import stage_main
 from contra.evaluation import load_ground_truth, write_scores
@@ -177,6 +178,7 @@ class FinetuneStage:
         self.lr = cfg.optim.lr
         self.gt_dir = Path(cfg.data.eval_root or cfg.data.root)
         self.gt: tuple[np.ndarray, np.ndarray] | None = None
+        self.eval_loads = LoadTally()  # the evaluation images' loads over all evaluations
         self.run_name = (f"finetune {self.init.row}"
                          + (f" {self.init.strategy}" if self.init.strategy else "")
                          + f" seed {cfg.seed}")
@@ -255,12 +257,17 @@ class FinetuneStage:
     @torch.no_grad()
     def predict(self) -> tuple[np.ndarray, np.ndarray]:
         """Camera-frame (xyz (N, 21, 3), verts (N, 778, 3)) of the evaluation split, in order."""
+        self.eval_set.retry.take_unreported()
         loader = DataLoader(self.eval_set, batch_size=self.cfg.eval.batch_size, shuffle=False,
-                            num_workers=min(self.cfg.workers, 2))
+                            num_workers=min(self.cfg.workers, 2),
+                            collate_fn=CountingCollate(self.eval_set.retry))
         xyz, verts = [], []
         set_training(self.net, self.cfg.init.freeze, False)
         try:
-            for batch in loader:
+            for loaded in loader:
+                counted = CountedBatch(*loaded)
+                batch = counted.batch
+                self.eval_loads.add(counted.attempts, counted.failures, counted.failed)
                 raw = self.net(self.run.inputs(batch["image"])).float()
                 _, v, kp = self.loss.predict(raw, batch["K"].to(self.run.device), self.size)
                 xyz.append(kp.double().cpu().numpy())
@@ -284,7 +291,8 @@ class FinetuneStage:
         step = self.run.progress.step
         history = self.run.progress.history
         history.setdefault("eval", []).append({"step": step, **scores})
-        self.run.log_metrics({eval_metric(k): v for k, v in scores.items()})
+        self.run.log_metrics({**{eval_metric(k): v for k, v in scores.items()},
+                              "data/eval_skipped_loads": float(self.eval_loads.failures)})
         best = history.get("best")
         if best is None or scores["mesh_al_mean3d"] < best["mesh_al_mean3d"]:
             history["best"] = {"step": step, **scores}
@@ -342,8 +350,11 @@ class FinetuneStage:
             title="FreiHAND evaluation", ylabel="mm")
         files = [p for p in (d.scores, d.eval / "scores.txt", d.pred, d.eval / "meshes.png")
                  if p.is_file()]
+        if self.eval_loads.failures:  # re-reads that succeeded: a flaky file system
+            log.warning("evaluation images: %s", self.eval_loads.summary("image loads"))
         return [loss, curve, *files], {"scores": ev[-1] if ev else None, "best": h.get("best"),
-                                       "init": self.init.tags(), "mano_model": self.mano_tag}
+                                       "init": self.init.tags(), "mano_model": self.mano_tag,
+                                       "eval_data": self.eval_loads.to_dict()}
 
 
 # --------------------------------------------------------------------------------- entry

@@ -118,20 +118,42 @@ def initialise(net: ManoNet, cfg: InitConfig) -> InitReport:
     report = InitReport(ROWS[(cfg.mode, cfg.freeze)], cfg.mode, cfg.freeze)
     if cfg.mode != "scratch":
         path = _source(cfg, net.arch)
-        state = load_checkpoint(path)
-        weights = state["model"] if isinstance(state.get("model"), dict) else state
         report.weights, report.sha256 = str(path.resolve()), sha256(path)
-        report.transferred = _transfer(weights, net, path)
-        report.pretrain_run_id = str(state.get("mlflow_run_id") or "")
-        strategies = state.get("config", {}).get("pairs", {}).get("strategies") \
-            if isinstance(state.get("config"), dict) else None
-        report.strategy = "+".join(strategies) if strategies else ""
+        transfer_pretrained(net, load_checkpoint(path), path, report)
         log.info("init %s: %d backbone tensors from %s", report.row, report.transferred, path)
     apply_freeze(net, cfg.freeze)
     return report
 
 
-def _transfer(weights: dict[str, Any], net: ManoNet, path: Path) -> int:
+def transfer_pretrained(net: ManoNet, state: dict[str, Any], path: Path,
+                        report: InitReport) -> None:
+    """Copy the backbone of the loaded file ``state`` into ``net``; its lineage into ``report``.
+
+    Whatever the file holds, a mismatch ends in a one-line :class:`CheckpointError` naming it.
+    """
+    model = state.get("model")
+    report.transferred = _transfer(model if isinstance(model, dict) else state, net, path)
+    run_id = state.get("mlflow_run_id")
+    report.pretrain_run_id = run_id if isinstance(run_id, str) else ""
+    report.strategy = pretraining_strategy(state.get("config"))
+
+
+def pretraining_strategy(config: Any) -> str:
+    """``pairs.strategies`` of a pretraining config saved in the checkpoint, joined by ``+``."""
+    pairs = config.get("pairs") if isinstance(config, dict) else None
+    names = pairs.get("strategies") if isinstance(pairs, dict) else None
+    ok = isinstance(names, list | tuple) and all(isinstance(n, str) for n in names)
+    return "+".join(names) if ok else ""
+
+
+def _is_weight(value: Any) -> bool:
+    """A dense real tensor that ``load_state_dict`` can copy (not sparse, complex or quantized)."""
+    return (isinstance(value, torch.Tensor) and value.layout == torch.strided
+            and not value.is_complex() and not value.is_quantized and not value.is_meta)
+
+
+def _transfer(weights: dict[Any, Any], net: ManoNet, path: Path) -> int:
+    weights = {k: v for k, v in weights.items() if isinstance(k, str) and _is_weight(v)}
     expected = sum(1 for k in net.state_dict() if _is_backbone(k))
     try:
         n = transfer_backbone(weights, net)
@@ -142,6 +164,10 @@ def _transfer(weights: dict[str, Any], net: ManoNet, path: Path) -> int:
     if n < expected:
         raise CheckpointError(f"{path}: only {n} of {expected} {net.arch} backbone tensors match "
                               f"by name and shape (another architecture? set model.arch)")
+    bad = next((k for k, v in net.state_dict().items() if _is_backbone(k)
+                and v.is_floating_point() and not torch.isfinite(v).all()), None)
+    if bad is not None:
+        raise CheckpointError(f"{path}: backbone tensor '{bad}' has NaN or infinite values")
     return n
 
 

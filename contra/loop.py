@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -35,7 +35,8 @@ class SkipSampler(Sampler[int]):
 
 
 def epoch_loader(dataset: Dataset, sampler: DistributedSampler, batch: int, epoch: int,
-                 skip_batches: int, seed: int, workers: int, pin: bool) -> DataLoader:
+                 skip_batches: int, seed: int, workers: int, pin: bool,
+                 collate_fn: Callable[[list], Any] | None = None) -> DataLoader:
     """The epoch's DataLoader from ``skip_batches`` on; its own generator (no global draws)."""
     sampler.set_epoch(epoch)
     if hasattr(dataset, "set_epoch"):
@@ -43,21 +44,27 @@ def epoch_loader(dataset: Dataset, sampler: DistributedSampler, batch: int, epoc
     gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
     return DataLoader(dataset, batch_size=batch, sampler=SkipSampler(sampler, skip_batches * batch),
                       num_workers=workers, drop_last=True, pin_memory=pin, generator=gen,
-                      persistent_workers=False)
+                      persistent_workers=False, collate_fn=collate_fn)
 
 
-def agree(stop: bool, metrics: Mapping[str, Tensor], world: int) -> tuple[bool, dict[str, float]]:
-    """One all_reduce per step: the stop flags (sum > 0 = any rank asked) and metric means.
+def agree(stop: bool, metrics: Mapping[str, Tensor], world: int,
+          counts: Sequence[int] = ()) -> tuple[bool, dict[str, float], list[int]]:
+    """One all_reduce per step: the stop flags (sum > 0 = any rank asked), metric means and
+    count sums (e.g. the step's loads and skipped loads over all ranks).
 
     Every rank stops after the same step even when one alone was signalled (moco.md §5.5).
+    Counts travel as float32: exact for per-step values below 2**24.
     """
     values = [m.detach().float().reshape(()) for m in metrics.values()]
     device = values[0].device if values else torch.device("cpu")
-    t = torch.stack([torch.tensor(float(stop), device=device), *values])
+    t = torch.stack([torch.tensor(float(stop), device=device), *values,
+                     *(torch.tensor(float(c), device=device) for c in counts)])
     if world > 1:
         dist.all_reduce(t)
-    out = (t[1:] / world).tolist()
-    return bool(t[0].item() > 0), dict(zip(metrics, out, strict=True))
+    n = len(values)
+    means = (t[1:1 + n] / world).tolist()
+    sums = [round(c) for c in t[1 + n:].tolist()]
+    return bool(t[0].item() > 0), dict(zip(metrics, means, strict=True)), sums
 
 
 class StepTimer:

@@ -278,7 +278,7 @@ class PairDataset(torch.utils.data.Dataset):
         self.sampler = PairSampler(hanco, cfg.strategies, cfg.subsets, len(self.backgrounds))
         self.epoch = 0
         self.retry = RetryPolicy(cfg, source=hanco.root, label="HanCo pairs", noun="pair loads",
-                                 logger=log)
+                                 logger=log, key="pairs")
         self.stats: LoadStats = self.retry.stats
         if len(hanco) == 0:
             raise DataFormatError(f"{hanco.root}: the HanCo sample index is empty")

@@ -317,6 +317,7 @@ class MocoStage:
         root = Path(cfg.monitor.root) if cfg.monitor.root else cfg.data_root
         size = self.dataset.augmentation.spec.size
         data = RetrievalSet.from_hanco(root, cfg.monitor, size)
+        run.log_metrics({"data/retrieval_skipped_frames": float(sum(data.skipped.values()))})
         self.monitor = RetrievalMonitor(data, cfg.monitor, run.device)
         m = cfg.model
         make = lambda: EmbedNet(m.arch, m.dim, m.dilate_last, m.bn_momentum,  # noqa: E731
@@ -371,7 +372,13 @@ class MocoStage:
         h = self.run.progress.history
         save_curve(curve, {"loss": (h.get("step", []), h.get("loss", []))},
                    title="MoCo InfoNCE loss")
-        return [curve, *paths], {}
+        extra: dict[str, Any] = {}
+        if self.monitor is not None:
+            data = self.monitor.data
+            extra["retrieval_set"] = data.skip_summary()
+            if line := data.skip_line():
+                log.warning("%s", line)
+        return [curve, *paths], extra
 
 
 # --------------------------------------------------------------------------------- entry

@@ -27,7 +27,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -96,6 +96,7 @@ class RetrievalSet:
     cameras: NDArray[np.int64]  # (N,) cid, for reporting
     skipped: dict[str, int] = field(default_factory=dict)  # reason -> frames left out
     root: str = ""
+    skipped_files: list[str] = field(default_factory=list)  # the first few, for the user
 
     def __post_init__(self) -> None:
         n = len(self.keypoints)
@@ -115,6 +116,22 @@ class RetrievalSet:
     def n_sequences(self) -> int:
         return int(np.unique(self.sequences).size)
 
+    def skip_summary(self) -> dict[str, Any]:
+        """The frames left out, for ``run.json`` and a closing line (:meth:`skip_line`)."""
+        n = sum(self.skipped.values())
+        return {"frames": len(self), "skipped_frames": n, "skipped": dict(self.skipped),
+                "examples": list(self.skipped_files)}
+
+    def skip_line(self) -> str | None:
+        """``retrieval set: skipped N of M frames (x %), e.g. FILE``; None when none were."""
+        n = sum(self.skipped.values())
+        if not n:
+            return None
+        eg = f", e.g. {self.skipped_files[0]}" if self.skipped_files else ""
+        kinds = ", ".join(f"{k} {v}" for k, v in sorted(self.skipped.items()))
+        return (f"retrieval set {self.root}: skipped {n} of {n + len(self)} frames "
+                f"({100 * n / (n + len(self)):.1f} %; {kinds}){eg}")
+
     @classmethod
     def from_hanco(cls, hanco: HanCo | str | Path, cfg: RetrievalConfig,
                    image_size: int) -> RetrievalSet:
@@ -131,31 +148,33 @@ class RetrievalSet:
         order, cams = _draw_order(hanco, cfg)
         picked: list[tuple[int, int, int, np.ndarray, Tensor]] = []
         skipped: Counter[str] = Counter()
+        files: list[str] = []
         max_skips = max(100, 4 * cfg.frames)  # a broken root must not scan 100k missing files
         for flat, cid in zip(order, cams, strict=True):
             if len(picked) == cfg.frames or sum(skipped.values()) >= max_skips:
                 break
             sid, fid = _sid_fid(hanco, int(flat))
-            item = _load_frame(hanco, cfg.subset, sid, fid, int(cid), image_size, skipped)
+            item = _load_frame(hanco, cfg.subset, sid, fid, int(cid), image_size, skipped, files)
             if item is not None:
                 picked.append((sid, fid, int(cid), *item))
         if skipped:
             log.warning("retrieval set %s: skipped %d frames (%s)", hanco.root,
                         sum(skipped.values()), dict(skipped))
-        return cls._assemble(picked, dict(skipped), hanco.root)
+        return cls._assemble(picked, dict(skipped), hanco.root, files)
 
     @classmethod
-    def _assemble(cls, picked: list, skipped: dict[str, int], root: Path) -> RetrievalSet:
+    def _assemble(cls, picked: list, skipped: dict[str, int], root: Path,
+                  files: list[str]) -> RetrievalSet:
         sids = np.array([p[0] for p in picked], np.int64)
         if np.unique(sids).size < 2:
-            raise ValueError(f"{root}: the retrieval set needs frames with readable xyz from at "
-                             f"least 2 sequences, found {np.unique(sids).size} "
+            raise DataFormatError(f"{root}: the retrieval set needs frames with readable xyz "
+                             f"from at least 2 sequences, found {np.unique(sids).size} "
                              f"({len(picked)} frames, skipped {skipped})")
         data = cls(images=torch.stack([p[4] for p in picked]),
                    keypoints=np.stack([p[3] for p in picked]), sequences=sids,
                    frames=np.array([p[1] for p in picked], np.int64),
                    cameras=np.array([p[2] for p in picked], np.int64),
-                   skipped=skipped, root=str(root))
+                   skipped=skipped, root=str(root), skipped_files=files)
         log.info("retrieval set %s: %d frames from %d sequences", root, len(data),
                  data.n_sequences)
         return data
@@ -176,13 +195,16 @@ def _sid_fid(hanco: HanCo, flat: int) -> tuple[int, int]:
 
 
 def _load_frame(hanco: HanCo, subset: str, sid: int, fid: int, cid: int, size: int,
-                skipped: Counter[str]) -> tuple[np.ndarray, Tensor] | None:
-    """(keypoints, image) of one frame, or None (counted in ``skipped``) if unreadable."""
+                skipped: Counter[str], files: list[str]) -> tuple[np.ndarray, Tensor] | None:
+    """(keypoints, image) of one frame, or None (counted in ``skipped``, the first few files
+    named in ``files``) if unreadable."""
     try:
         xyz = hanco.xyz(sid, fid)
     except DataFormatError as exc:
         log.debug("retrieval: skipping xyz: %s", exc)
         skipped["xyz"] += 1
+        if len(files) < 5:
+            files.append(str(exc).split(": ")[0])  # the reader's messages start with the file
         return None
     folder = SUBSET_FOLDERS[subset] if hanco.is_green_screen(sid, fid) else "rgb"
     path = hanco.image_path(folder, sid, cid, fid)
@@ -191,6 +213,8 @@ def _load_frame(hanco: HanCo, subset: str, sid: int, fid: int, cid: int, size: i
     except (OSError, RuntimeError, ValueError) as exc:  # missing file or undecodable bytes
         log.debug("retrieval: skipping image %s: %s", path, exc)
         skipped["image"] += 1
+        if len(files) < 5:
+            files.append(str(path))
         return None
     return xyz, image
 

@@ -11,7 +11,11 @@ to evaluate at epoch ends and what to export. Everything else is here, once:
 - the step loop: one all-reduce per step carrying the stop flag and the metric means, so every
   rank stops after the same step; ``max_steps``; periodic checkpoints; the rank-0 progress bar;
 - tracking on rank 0, ``run.json``, and the MLflow run closed FINISHED, KILLED (preempted,
-  resumable) or FAILED (an exception), never left RUNNING.
+  resumable) or FAILED (an exception), never left RUNNING;
+- the data loads skipped over missing or corrupt images, counted per batch in the workers
+  (:class:`~contra.data.retry.CountingCollate`), summed over ranks in the step's all-reduce,
+  checked against the dataset's ``max_failure_fraction`` identically on every rank, and shown
+  on the bar, as ``data/*`` metrics, in ``run.json`` and in a closing line.
 
 :func:`run_stage` is the entry point; it returns 0 when training is complete and
 :data:`~contra.preempt.EXIT_PREEMPTED` (75) after an agreed stop on a signal.
@@ -36,8 +40,15 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from contra import dist as cdist
 from contra.atomic import write_text_atomic
-from contra.checkpoint import CheckpointManager, capture_rng_state, restore_rng_state
+from contra.checkpoint import (
+    CheckpointError,
+    CheckpointManager,
+    capture_rng_state,
+    restore_rng_state,
+)
 from contra.config import ConfigError, save_config, to_dict
+from contra.entry import exit_code
+from contra.loads import RunLoads
 from contra.loop import StepTimer, agree, epoch_loader, progress_bar
 from contra.preempt import EXIT_PREEMPTED, PreemptionFlag
 from contra.rundir import RunDir
@@ -145,6 +156,7 @@ class Run:
         self.tracker: Tracker | None = None
         self.stats: dict[str, float] = {}
         self.steps_per_epoch = 0
+        self.loads = RunLoads(self.world)  # skipped loads over all ranks, since step 0
 
     # ------------------------------------------------------------------------- helpers
     def inputs(self, x: Tensor) -> Tensor:
@@ -179,7 +191,8 @@ class Run:
     def loader(self, stage: Stage) -> DataLoader:
         p = self.progress
         return epoch_loader(stage.dataset, stage.sampler, self.batch, p.epoch, p.step_in_epoch,
-                            self.cfg.seed, self.cfg.workers, self.device.type == "cuda")
+                            self.cfg.seed, self.cfg.workers, self.device.type == "cuda",
+                            self.loads.collate())
 
     @property
     def total_steps(self) -> int:
@@ -207,7 +220,7 @@ class Run:
             "rng": self._rng_states(stage), "sampler_seed": self.cfg.seed,
             "world_size": self.world, "config": to_dict(self.cfg),
             "mlflow_run_id": self.tracker.run_id if self.tracker else self.run_id,
-            "history": p.history,
+            "history": p.history, "loads": self.loads.state_dict(),
         }
 
     def save(self, stage: Stage, epoch_end: bool = False) -> None:
@@ -233,14 +246,28 @@ class Run:
         if state.get("format") != stage.checkpoint_format:
             raise ConfigError(f"{latest}: not a {stage.checkpoint_format} checkpoint "
                               f"(format {state.get('format')!r}); use another run_dir")
-        stage.load_state_dict(state)
+        try:
+            self._restore(stage, state)
+        except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise CheckpointError(f"{latest}: a damaged {stage.checkpoint_format} checkpoint "
+                                  f"({type(exc).__name__}: {first}); move it away to start "
+                                  f"over, or use another run_dir") from None
         p = self.progress
-        p.epoch, p.step, p.step_in_epoch = state["epoch"], state["step"], state["step_in_epoch"]
-        p.history = state.get("history", p.history)
-        self.run_id = state.get("mlflow_run_id")
         log.info("resumed %s at epoch %d, step %d (%d in the epoch)", latest, p.epoch, p.step,
                  p.step_in_epoch)
         return state["rng"]
+
+    def _restore(self, stage: Stage, state: dict[str, Any]) -> None:
+        stage.load_state_dict(state)
+        p = self.progress
+        p.epoch, p.step = int(state["epoch"]), int(state["step"])
+        p.step_in_epoch = int(state["step_in_epoch"])
+        if not isinstance(state["rng"], list):
+            raise TypeError(f"rng is a {type(state['rng']).__name__}, not a list of ranks' states")
+        p.history = state.get("history", p.history)
+        self.loads.load_state_dict(state.get("loads", {}))
+        self.run_id = state.get("mlflow_run_id")
 
     def seed_rng(self, stage: Stage, states: list[dict[str, Any]] | None) -> None:
         """Per-rank seeds for a fresh run; the saved states of a resumed one."""
@@ -291,7 +318,7 @@ class Run:
         artifacts, extra = stage.finish(code)
         summary: dict[str, Any] = {"run_dir": str(self.dir.root.resolve()), "exit_code": code,
                                    "epoch": self.progress.epoch, "step": self.progress.step,
-                                   **extra}
+                                   **self.loads.summary(), **extra}
         if self.tracker is not None:
             for path in (self.dir.config, *artifacts):
                 self.tracker.log_artifact(path)
@@ -311,27 +338,33 @@ class Run:
             return 0  # a finished run started again: nothing left to do
         bar = progress_bar(self.total_steps, p.step, self.env.is_main and self.cfg.progress,
                            stage.name)
+        stopped = None
         try:
             while self.cfg.epochs == 0 or p.epoch < self.cfg.epochs:
                 stopped = self._epoch(stage, bar)
                 if stopped is not None:
-                    return EXIT_PREEMPTED if stopped == "signal" else 0
+                    break
         finally:
             bar.close()
-        return 0
+        if self.loads.tally.failures:  # the same totals on every rank: all of them gather
+            self.loads.gather_examples()
+        return EXIT_PREEMPTED if stopped == "signal" else 0
 
     def _epoch(self, stage: Stage, bar: Any) -> str | None:
         """The rest of the current epoch; 'signal' or 'max_steps' when it stopped early."""
         cfg, p = self.cfg, self.progress
         stage.begin_epoch(p.epoch, p.step_in_epoch)
         timer = StepTimer()
-        for batch in self.loader(stage):
+        for loaded in self.loader(stage):
             timer.loaded()
+            batch, counts = self.loads.unpack(loaded)
             metrics = stage.step(batch)
-            stop, means = agree(self.flag.requested, metrics, self.world)
+            stop, means, sums = agree(self.flag.requested, metrics, self.world, counts)
+            self.loads.add(sums)
             p.step, p.step_in_epoch = p.step + 1, p.step_in_epoch + 1
             timer.stepped()
             self._record(stage, means, timer, bar)
+            self.loads.check()
             stage.after_step()
             if stop or (cfg.max_steps > 0 and p.step >= cfg.max_steps):
                 self.save(stage)
@@ -352,13 +385,15 @@ class Run:
                       f"{stage.unit}_per_s": self.cfg.batch_size * timer.steps_per_s,
                       "data_wait": timer.data_wait}
         bar.update(1)
-        bar.set_postfix(stage.postfix(self.stats), refresh=False)
+        postfix = stage.postfix(self.stats)
+        bar.set_postfix({**postfix, **self.loads.postfix()}, refresh=False)
         if p.step % self.cfg.log_every == 0 or p.step_in_epoch == self.steps_per_epoch:
             p.history.setdefault("step", []).append(p.step)
             for key in means:
                 p.history.setdefault(key, []).append(means[key])
-            self.log_metrics({f"train/{stage.metric_names.get(k, k)}": v
-                              for k, v in {**self.stats, "epoch": p.epoch}.items()})
+            data = self.loads.metrics()
+            self.log_metrics({**{f"train/{stage.metric_names.get(k, k)}": v
+                                 for k, v in {**self.stats, "epoch": p.epoch}.items()}, **data})
 
 
 def _device(cfg: RunConfig, env: cdist.DistEnv) -> torch.device:
@@ -383,32 +418,47 @@ def _configure(cfg: RunConfig) -> None:
 # ------------------------------------------------------------------------------------ entry
 def run_stage(cfg: RunConfig, build: Callable[[Run], Stage],
               env: cdist.DistEnv | None = None) -> int:
-    """Build the stage on a fresh :class:`Run`, resume, track, train, finish; the exit code."""
+    """Build the stage on a fresh :class:`Run`, resume, track, train, finish; the exit code.
+
+    The preemption flag is up from the start, so a signal during set-up (the rendezvous, the
+    first data) is kept for the first step's agreement instead of killing the process.
+    """
     env = env or cdist.discover()
     _configure(cfg)
-    cdist.init_process_group(env)
+    with PreemptionFlag() as flag:
+        cdist.init_process_group(env)
+        try:
+            return _run(cfg, build, env, flag)
+        except Exception as exc:
+            if env.distributed:  # one rank reports, the others stop quietly (contra.entry)
+                first, code = cdist.claim_failure(env, exit_code(exc))
+                if not first:
+                    raise cdist.PeerFailure(env.rank, code) from exc
+            raise
+        finally:
+            cdist.destroy_process_group()
+
+
+def _run(cfg: RunConfig, build: Callable[[Run], Stage], env: cdist.DistEnv,
+         flag: PreemptionFlag) -> int:
+    seed_everything(cfg.seed)  # identical initial weights on every rank
+    run = Run(cfg, env, flag)
+    stage = build(run)
+    run.loads.attach(stage.dataset)
+    rng_states = run.resume(stage)
+    if env.is_main:
+        save_config(cfg, run.dir.config)
     try:
-        with PreemptionFlag() as flag:
-            seed_everything(cfg.seed)  # identical initial weights on every rank
-            run = Run(cfg, env, flag)
-            stage = build(run)
-            rng_states = run.resume(stage)
-            if env.is_main:
-                save_config(cfg, run.dir.config)
-            try:
-                run.start_tracking(stage)
-                stage.start()
-                run.seed_rng(stage, rng_states)
-                code = run.train(stage)
-            except BaseException:
-                if run.tracker is not None:  # the MLflow run says what happened
-                    run.tracker.close("FAILED", timeout=10.0)
-                raise
-            run.finish(stage, code)
-            if code == EXIT_PREEMPTED:
-                log.warning("checkpointed at step %d after %s; exit %d (requeue to resume)",
-                            run.progress.step, flag.received and flag.received.name,
-                            EXIT_PREEMPTED)
-            return code
-    finally:
-        cdist.destroy_process_group()
+        run.start_tracking(stage)
+        stage.start()
+        run.seed_rng(stage, rng_states)
+        code = run.train(stage)
+    except BaseException:
+        if run.tracker is not None:  # the MLflow run says what happened
+            run.tracker.close("FAILED", timeout=10.0)
+        raise
+    run.finish(stage, code)
+    if code == EXIT_PREEMPTED:
+        log.warning("checkpointed at step %d after %s; exit %d (requeue to resume)",
+                    run.progress.step, flag.received and flag.received.name, EXIT_PREEMPTED)
+    return code

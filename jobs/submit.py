@@ -9,10 +9,11 @@ only names its stage and entry point, plus a ``main`` that calls :func:`launch`;
 Nothing here imports training code at import time: the launcher runs on a login node, and the
 entry point is imported inside the task, on the compute node.
 
-Preemption / time limit: SLURM sends USR2 to every task ``--signal-delay-s`` before the limit
-(``scancel --signal=USR2 <jobid>`` and ``job._interrupt()`` do the same).  While training runs,
-the training loop owns USR1/USR2/SIGTERM: all ranks agree on a step, save ``last.pt`` together
-and return 75.  The loop then restores submitit's handlers, and rank 0 re-raises USR2 to itself,
+Preemption / time limit: SLURM sends USR2 to every task ``--signal-delay-s`` before the limit (up
+to 30 s earlier: slurmctld checks limits every 30 s; ``scancel --signal=USR2 <jobid>`` and
+``job._interrupt()`` do the same by hand).  While training runs, the training loop owns
+USR1/USR2/SIGTERM: all ranks agree on a step, save ``last.pt`` together and return 75.  The loop
+then restores submitit's handlers, and rank 0 re-raises USR2 to itself,
 so that submitit's own handler pickles ``checkpoint()`` (this same object: the state is in the
 file) and runs ``scontrol requeue``; the other ranks exit.  A signal that arrives outside the
 training loop (start-up, final save) goes straight to submitit's handler, which is just as
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -56,6 +58,10 @@ def _run_dir_override(overrides: list[str]) -> str | None:
 
 
 # -------------------------------------------------------------------------------------- task
+class StageFailed(RuntimeError):
+    """A task's stage ended with a failure code: ``exit N: <the line for the user>``."""
+
+
 class StageTask(submitit.helpers.Checkpointable):
     """What every task of a job runs: ``<entry>.main(argv)`` under submitit's job environment.
 
@@ -107,8 +113,11 @@ class StageTask(submitit.helpers.Checkpointable):
             return self.run_dir(env.job_id)
         if rc == EXIT_PREEMPTED:
             self._requeue(dist_env.rank)
-        raise RuntimeError(f"{self.entry} exited with code {rc} on rank {dist_env.rank}; "
-                           f"see this task's log (run dir {self.run_dir(env.job_id)})")
+        from contra.entry import last_error  # the one line the stage printed, if it did
+
+        why = last_error() or (f"{self.entry} exited with code {rc} on rank {dist_env.rank}; "
+                               f"see this task's log (run dir {self.run_dir(env.job_id)})")
+        raise StageFailed(f"exit {rc}: {why}")
 
     def _requeue(self, rank: int) -> None:
         """After the collective save (exit 75): let submitit checkpoint and requeue the job."""
@@ -259,12 +268,18 @@ def submit_job(task: StageTask, args: argparse.Namespace) -> submitit.Job:
 
 
 def wait_job(job: submitit.Job) -> int:
-    """Block until the job ends; print rank 0's result (the run dir), 1 when a task failed."""
+    """Block until the job ends; print rank 0's result (the run dir), or one error line and the
+    task's code when it was contra's user-error code 2 (1 for anything else)."""
     try:
         results = job.results()  # one per task; raises the first task failure
     except Exception as exc:  # submitit re-raises the task's failure with its traceback
-        print(f"contra: error: job {job.job_id} failed:\n{exc}", file=sys.stderr)
-        return 1
+        found = re.findall(r"StageFailed: exit (\d+): (.*)", str(exc))
+        if not found:
+            print(f"contra: error: job {job.job_id} failed:\n{exc}", file=sys.stderr)
+            return 1
+        code, why = found[-1]
+        print(f"contra: error: job {job.job_id} failed: {why}", file=sys.stderr)
+        return 2 if code == "2" else 1
     print(f"job {job.job_id} finished: {results[0]}")
     return 0
 

@@ -111,14 +111,15 @@ def _short(path: Path) -> str:
 def _inspect(path: Path) -> Checkpoint:
     """A contra pretraining checkpoint's strategy and MLflow run, or a one-line error."""
     from contra.checkpoint import load_checkpoint
+    from contra.initialisation import pretraining_strategy
 
     state = load_checkpoint(path)
     if state.get("format") != "contra-moco/1":
         raise ConfigError(f"pretrained.checkpoints: {path} is not a contra pretraining "
                           f"checkpoint (format {state.get('format')!r})")
-    strategies = state.get("config", {}).get("pairs", {}).get("strategies", [])
-    return Checkpoint(str(path.resolve()), _short(path), "+".join(strategies),
-                      str(state.get("mlflow_run_id") or ""))
+    run_id = state.get("mlflow_run_id")
+    return Checkpoint(str(path.resolve()), _short(path), pretraining_strategy(state.get("config")),
+                      run_id if isinstance(run_id, str) else "")
 
 
 def from_paths(patterns: list[str]) -> list[Checkpoint]:

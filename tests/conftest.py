@@ -37,3 +37,13 @@ def synth_root(tmp_path_factory: pytest.TempPathFactory, standin_root: Path) -> 
                          subjects=2, backgrounds=4, freihand_train=4, freihand_eval=4,
                          freihand_subjects=2, workers=1, mano_root=str(standin_root)))
     return out
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """``fuzzing: N cases over M properties`` when fuzz tests ran (counted in each property)."""
+    import sys
+
+    fuzz = sys.modules.get("fuzzutil")
+    if fuzz is not None and fuzz.CASES:
+        terminalreporter.write_line(f"fuzzing: {sum(fuzz.CASES.values())} cases over "
+                                    f"{len(fuzz.CASES)} properties")

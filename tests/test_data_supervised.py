@@ -506,3 +506,17 @@ def test_config_is_validated() -> None:
             SupervisedDataConfig(**bad)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="split"):
         SupervisedDataset(SupervisedDataConfig(), "test")  # type: ignore[arg-type]
+
+
+def test_a_damaged_evaluation_image_fails_instead_of_being_replaced(freihand: Path,
+                                                                      tmp_path: Path) -> None:
+    """Evaluation item i is scored against GT row i: a retry must not load another sample."""
+    root = tmp_path / "fh"
+    shutil.copytree(freihand, root)
+    victim = sorted((root / "evaluation" / "rgb").glob("*.jpg"))[1]
+    victim.write_bytes(victim.read_bytes()[:100])
+    ds = SupervisedDataset(config(root, image_size=64, max_retries=2), "evaluation")
+    ds[0]
+    with pytest.raises(DataFormatError, match=rf"item 1: all 3 attempts .*{victim.name}"):
+        ds[1]
+    assert ds.stats.failures == 3 and ds.stats.examples == [str(victim)]

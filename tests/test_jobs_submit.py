@@ -158,6 +158,13 @@ def main(argv):
     calls = len(list(run_dir.glob("call-*")))
     (run_dir / f"call-{calls}").write_text(" ".join(argv))
     codes = [int(c) for c in os.environ["FAKE_CODES"].split(",")]
+    if os.environ.get("FAKE_ERROR"):  # a stage that stops on a user error, as contra's do
+        from contra.config import ConfigError
+        from contra.entry import guarded
+
+        def fail():
+            raise ConfigError(os.environ["FAKE_ERROR"])
+        return guarded(fail)
     return codes[min(calls, len(codes) - 1)]
 """
 
@@ -200,9 +207,24 @@ def test_other_exit_codes_fail_the_job_with_the_entry_named(
         tmp_path: Path, config: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
     rc, run_dir = _run_local(tmp_path, config, "2", monkeypatch)
-    err = capsys.readouterr().err
-    assert rc == 1
-    assert "contra: error: job" in err
-    assert f"fake_stage_entry exited with code 2 on rank 0; see this task's log (run dir " \
-           f"{run_dir})" in err
+    err = capsys.readouterr().err.splitlines()
+    assert rc == 2 and len(err) == 1, err  # one line, the user-error code
+    assert err[0].startswith("contra: error: job ") and err[0].endswith(
+        f" failed: fake_stage_entry exited with code 2 on rank 0; see this task's log (run dir "
+        f"{run_dir})")
     assert len(list(run_dir.glob("call-*"))) == 1  # no requeue
+    rc, _ = _run_local(tmp_path, config, "3", monkeypatch)
+    assert rc == 1 and "exited with code 3" in capsys.readouterr().err
+
+
+def test_a_stage_user_error_reaches_the_launcher_as_its_one_line(
+        tmp_path: Path, config: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The stage's own ``contra: error:`` line (contra.entry.guarded) is what --wait prints."""
+    monkeypatch.setenv("FAKE_ERROR", "/data/HanCo/meta.json: field 'has_fit': expected a list")
+    rc, _ = _run_local(tmp_path, config, "2", monkeypatch)
+    err = capsys.readouterr().err.splitlines()
+    assert rc == 2 and len(err) == 1, err
+    assert err[0].endswith(" failed: /data/HanCo/meta.json: field 'has_fit': expected a list")
+    log = next((tmp_path / "logs").glob("*/*_0_log.err")).read_text()
+    assert log.count("contra: error: /data/HanCo/meta.json: field 'has_fit'") == 1

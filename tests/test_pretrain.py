@@ -11,6 +11,7 @@ import math
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -287,3 +288,64 @@ def test_gpu_code_path_bf16_autocast_and_channels_last_on_cpu(tmp_path: Path,
     assert state["queue"].dtype == torch.float32 and torch.isfinite(state["queue"]).all()
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
     assert state["model"]["module.encoder_q.conv1.weight"].dtype == torch.float32
+
+
+def test_a_signal_during_the_rendezvous_checkpoints_after_the_first_step(
+        tmp_path: Path, synth_root: Path) -> None:
+    """SLURM's warning can come while a requeued job's ranks are still meeting: rank 0 waits
+    in the rendezvous (its store listens, rank 1 is not there yet) when USR1 arrives. It must
+    not die; both ranks stop after the first step with a checkpoint (exit 75)."""
+    import socket
+
+    port = free_port()
+    args = tiny(tmp_path / "run", synth_root / "hanco")
+    procs = [start_rank(0, port, args, tmp_path)]
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # rank 0's store is up: it is in init_process_group
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        assert procs[0].poll() is None, (tmp_path / "rank0.log").read_text()
+        time.sleep(0.1)
+    procs[0].send_signal(signal.SIGUSR1)
+    time.sleep(1.0)  # rank 0 handles it while still alone
+    assert procs[0].poll() is None, (tmp_path / "rank0.log").read_text()
+    procs.append(start_rank(1, port, args, tmp_path))
+    assert wait_all(procs, tmp_path, timeout=180) == [EXIT_PREEMPTED] * 2
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["step"] == 1
+    assert "received SIGUSR1" in (tmp_path / "rank0.log").read_text()
+
+
+def start_rank(rank: int, port: int, args: list[str], log_dir: Path) -> subprocess.Popen:
+    """One of 2 ranks of ``python -m contra.pretrain`` on the demo config."""
+    env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank),
+           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"}
+    with open(log_dir / f"rank{rank}.log", "ab") as out:
+        return subprocess.Popen([sys.executable, "-m", "contra.pretrain", "--config",
+                                 str(CONFIGS / "demo.yaml"), *args], env=env, stdout=out,
+                                stderr=subprocess.STDOUT, cwd=ROOT)
+
+
+@pytest.mark.parametrize("damage", ["no step", "rng not a list", "model not a dict"])
+def test_a_damaged_last_checkpoint_is_one_line(damage: str, tmp_path: Path, synth_root: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    from contra.checkpoint import save_checkpoint
+    from contra.pretrain import CHECKPOINT_FORMAT
+
+    args = tiny(tmp_path / "run", synth_root / "hanco", max_steps=1)
+    assert cli_main(["pretrain", "--config", str(CONFIGS / "demo.yaml"), *args]) == 0
+    last = tmp_path / "run" / "checkpoints" / "last.pt"
+    state = load_checkpoint(last)
+    assert state["format"] == CHECKPOINT_FORMAT
+    if damage == "no step":
+        del state["step"]
+    elif damage == "rng not a list":
+        state["rng"] = {"python": 1}
+    else:
+        state["model"] = [1, 2]
+    save_checkpoint(state, last)
+    capsys.readouterr()
+    assert cli_main(["pretrain", "--config", str(CONFIGS / "demo.yaml"), *args[:-1],
+                     "max_steps=2"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(f"contra: error: {last}: a damaged "), err

@@ -2,15 +2,20 @@
 
 Problem kinds: ``missing``; ``unreadable`` (an image that does not decode or a truncated JPEG);
 ``wrong_size`` (not 224×224); ``malformed_json`` (parse error or wrong shape).  Images are checked
-cheaply by default (header for the size, plus the JPEG end-of-image marker for truncation);
-``deep=True`` decodes every image in full.  The report keeps counts and the first few example paths
-per kind; the library never prints (``contra data check`` does).
+cheaply by default (header for the size, plus the JPEG end-of-image marker for truncation): that
+finds missing, truncated and foreign files. ``deep=True`` decodes every image in full, JPEGs also
+with the decoder training uses (:func:`contra.augment.decode_rgb`, libjpeg-turbo, which rejects
+some corrupt data PIL lets through), so a deep check flags exactly the images a run would skip.
+The report keeps counts and the first few example paths per kind; the library never prints
+(``contra data check`` does).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,9 +23,11 @@ from typing import Any, NamedTuple
 
 from PIL import Image
 
+from contra.augment import decode_rgb
 from contra.data import freihand as fh
 from contra.data import hanco as hc
 from contra.data.errors import DataFormatError, MissingFileError
+from contra.data.retry import reason
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +108,10 @@ def check_tree(root: Path | str, max_examples: int = 5, deep: bool = False) -> C
 
 
 # ------------------------------------------------------------------------------- single files
-def image_problem(path: Path, deep: bool = False) -> tuple[str, str] | None:
-    """(kind, detail) of what is wrong with one image, or None when it is fine."""
+def image_problem(path: Path, deep: bool = False,
+                  expected: tuple[int, int] | None = IMAGE_SIZE) -> tuple[str, str] | None:
+    """(kind, detail) of what is wrong with one image (of size ``expected`` unless None), or
+    None when it is fine."""
     try:
         with open(path, "rb") as f:
             with Image.open(f) as im:
@@ -111,13 +120,31 @@ def image_problem(path: Path, deep: bool = False) -> tuple[str, str] | None:
                     im.load()
             if not deep and fmt == "JPEG" and not _has_jpeg_end(f):
                 return "unreadable", "truncated: no JPEG end marker"
+            if deep and fmt == "JPEG":
+                f.seek(0)
+                with _libjpeg_quiet():
+                    decode_rgb(f.read())
     except FileNotFoundError:
         return "missing", ""
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        return "unreadable", f"{type(e).__name__}: {e}".splitlines()[0]
-    if size != IMAGE_SIZE:
-        return "wrong_size", f"{size[0]}x{size[1]}, expected {IMAGE_SIZE[0]}x{IMAGE_SIZE[1]}"
+    except (OSError, SyntaxError, ValueError, RuntimeError, Image.DecompressionBombError) as e:
+        return "unreadable", reason(e).splitlines()[0]
+    if expected is not None and size != expected:
+        return "wrong_size", f"{size[0]}x{size[1]}, expected {expected[0]}x{expected[1]}"
     return None
+
+
+@contextlib.contextmanager
+def _libjpeg_quiet() -> Iterator[None]:
+    """Hide libjpeg's "Corrupt JPEG data" lines (C code writing to fd 2): the report has them."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _has_jpeg_end(f: Any) -> bool:
@@ -125,9 +152,10 @@ def _has_jpeg_end(f: Any) -> bool:
     return _JPEG_EOI in f.read()
 
 
-def _image(report: CheckReport, path: Path, deep: bool) -> None:
+def _image(report: CheckReport, path: Path, deep: bool,
+           expected: tuple[int, int] | None = IMAGE_SIZE) -> None:
     report.checked += 1
-    problem = image_problem(path, deep)
+    problem = image_problem(path, deep, expected)
     if problem is not None:
         report.add(problem[0], path, problem[1])
 
@@ -161,6 +189,9 @@ def _check_hanco(root: Path, report: CheckReport, deep: bool) -> None:
                     _image(report, hc.image_path(root, folder, sid, cid, fid), deep)
         if sid % 100 == 99:
             log.info("checked %d/%d sequences", sid + 1, meta.n_sequences)
+    if (root / hc.BACKGROUND_DIR).is_dir():  # read by pairs.online_cut_paste; any size
+        for path in hc.list_backgrounds(root / hc.BACKGROUND_DIR):
+            _image(report, path, deep, expected=None)
 
 
 def _hanco_jsons(root: Path, report: CheckReport, sid: int, fid: int, has_fit: bool) -> None:

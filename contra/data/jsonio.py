@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,12 @@ def read_json(path: Path) -> Any:
     except json.JSONDecodeError as e:
         raise DataFormatError(
             f"{path}: malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+    except ValueError:  # json's other refusal: an integer longer than Python converts
+        raise DataFormatError(f"{path}: malformed JSON: a number with more than "
+                              f"{sys.get_int_max_str_digits()} digits") from None
+    except RecursionError:
+        raise DataFormatError(f"{path}: malformed JSON: arrays or objects nested too "
+                              f"deeply") from None
 
 
 def _shape_str(shape: tuple[int, ...]) -> str:

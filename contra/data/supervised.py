@@ -23,7 +23,8 @@ the reduced decodes of the same parameters cover the same box and share one A.
 
 Randomness comes only from a numpy Generator seeded by ``SeedSequence([seed, epoch, idx,
 attempt])``, so items are reproducible and independent of DataLoader workers. Missing or corrupt
-images are retried with another random sample under :class:`contra.data.retry.RetryPolicy`.
+training images are retried with another random sample under
+:class:`contra.data.retry.RetryPolicy`; an evaluation image is re-read, never replaced.
 """
 
 from __future__ import annotations
@@ -360,7 +361,7 @@ class SupervisedDataset(torch.utils.data.Dataset):
         self.augment = cfg.augment and split == "training"
         self.epoch = 0
         self.retry = RetryPolicy(cfg, source=self.items.root, label=f"supervised {split} data",
-                                 noun="image loads", logger=log)
+                                 noun="image loads", logger=log, key="data")
         self.stats: LoadStats = self.retry.stats
         self._scale, self._bias = _normaliser(cfg.normalisation)
         log.info("supervised %s data: %d items (%d samples) from %s", split, len(self),
@@ -405,7 +406,9 @@ class SupervisedDataset(torch.utils.data.Dataset):
 
     def _prepare(self, idx: int, attempt: int) -> tuple[Sample, bytes, CropParams]:
         rng = self.rng(idx, attempt)
-        item = idx if attempt == 0 else int(rng.integers(len(self)))
+        # training retries draw another sample; evaluation item i must stay sample i (its GT
+        # row), so a retry re-reads the same file and a damaged evaluation image fails
+        item = idx if attempt == 0 or self.split != "training" else int(rng.integers(len(self)))
         sample = self.items.sample(rng, item)
         try:
             with open(sample.image, "rb") as f:

@@ -38,6 +38,20 @@ _REQUIRED: dict[str, tuple[int, ...]] = {
 class ManoFileError(ValueError):
     """A MANO pickle is unsafe, unreadable or not a MANO model; the message names file and key."""
 
+    def __init__(self, message: str) -> None:
+        super().__init__(message.translate(_LINE_BREAKS))  # globals and keys come from the file
+
+
+# what str.splitlines() splits on, written as escapes so that a message stays one line
+_LINE_BREAKS = {ord(c): repr(c)[1:-1] for c in "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"}
+# what decoding a damaged stub raises (a missing state entry, indices out of range, a bad shape)
+_DECODE_ERRORS = (KeyError, IndexError, TypeError, ValueError, AttributeError, OverflowError,
+                  MemoryError)
+_MAX_SPARSE_ENTRIES = 10**8  # a declared sparse shape beyond this is damage, not a regressor
+_FLOAT_KEYS = ("v_template", "shapedirs", "posedirs", "J_regressor", "weights",
+               "hands_components", "hands_mean")
+_INT_KEYS = ("kintree_table", "f")
+
 
 # --------------------------------------------------------------------------------------------
 # Stubs standing in for chumpy / scipy classes while unpickling.
@@ -157,19 +171,29 @@ def _materialise(value: Any, key: str) -> Any:
 def _decode_sparse(stub: SparseStub) -> np.ndarray:
     s = stub.state
     shape = tuple(int(v) for v in s.get("_shape", s.get("shape")))
+    if len(shape) != 2 or min(shape) < 0 or shape[0] * shape[1] > _MAX_SPARSE_ENTRIES:
+        raise ValueError(f"declared shape {shape}")
     data = np.asarray(s["data"], dtype=np.float64)
     dense = np.zeros(shape, dtype=np.float64)
     if stub.fmt == "coo":  # scipy >= 1.13 stores (row, col) as 'coords'
         row, col = s["coords"] if "coords" in s else (s["row"], s["col"])
-        np.add.at(dense, (np.asarray(row), np.asarray(col)), data)
+        np.add.at(dense, (_index(row), _index(col)), data)
         return dense
-    indices, indptr = np.asarray(s["indices"]), np.asarray(s["indptr"])
+    indices, indptr = _index(s["indices"]), np.asarray(s["indptr"])
     outer = np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))
     if stub.fmt == "csc":  # indptr runs over columns
         np.add.at(dense, (indices, outer), data)
     else:
         np.add.at(dense, (outer, indices), data)
     return dense
+
+
+def _index(value: Any) -> np.ndarray:
+    """Sparse indices; negative ones would wrap around silently in ``np.add.at``."""
+    idx = np.asarray(value)
+    if idx.size and idx.dtype.kind in "iu" and idx.min() < 0:
+        raise IndexError(f"negative index {idx.min()}")
+    return idx
 
 
 @dataclass(frozen=True)
@@ -204,51 +228,70 @@ def read_mano_pickle(source: str | Path | bytes) -> dict[str, Any]:
         raise ManoFileError(f"{name}: not a readable pickle ({reason})") from None
     if not isinstance(obj, dict):
         raise ManoFileError(f"{name}: expected a dict of model arrays, got {type(obj).__name__}")
+    return {str(k): _materialised(v, str(k), name) for k, v in obj.items()}
+
+
+def _materialised(value: Any, key: str, name: str) -> Any:
+    """:func:`_materialise` with every failure as a one-line error naming file and key."""
     try:
-        return {str(k): _materialise(v, str(k)) for k, v in obj.items()}
+        return _materialise(value, key)
     except ManoFileError as exc:
         raise ManoFileError(f"{name}: {exc}") from None
+    except _DECODE_ERRORS as exc:
+        reason = f"{type(exc).__name__}: {exc}"[:160]
+        raise ManoFileError(f"{name}: key '{key}': cannot decode the {_what(value)} "
+                            f"({reason})") from None
 
 
-def _check(arrays: dict[str, Any], name: str) -> None:
+def _what(value: Any) -> str:
+    """The pickled class a stub stands for, for messages."""
+    if isinstance(value, SparseStub):
+        return f"scipy {value.fmt}_matrix"
+    return "chumpy Select" if isinstance(value, SelectStub) else "chumpy Ch"
+
+
+def _numeric(arrays: dict[str, Any], key: str, name: str) -> np.ndarray:
+    """``arrays[key]`` as float64 (int64 for the index keys); else a one-line error."""
+    if key not in arrays:
+        raise ManoFileError(f"{name}: not a MANO model: missing key '{key}'")
+    try:
+        arr = np.asarray(arrays[key])
+    except (ValueError, TypeError):  # ragged nested lists
+        raise ManoFileError(f"{name}: key '{key}' is not a regular array") from None
+    integer = key in _INT_KEYS
+    if arr.dtype.kind not in ("iu" if integer else "iuf"):
+        raise ManoFileError(f"{name}: key '{key}' has dtype {arr.dtype}, expected "
+                            f"{'integers' if integer else 'real numbers'}")
+    return arr.astype(np.int64 if integer else np.float64)
+
+
+def _check(arrays: dict[str, Any], name: str) -> dict[str, np.ndarray]:
+    """The model's arrays, float64 / int64, validated against MANO's shapes and tree."""
+    out = {key: _numeric(arrays, key, name) for key in (*_REQUIRED, "shapedirs")}
     for key, shape in _REQUIRED.items():
-        if key not in arrays:
-            raise ManoFileError(f"{name}: not a MANO model: missing key '{key}'")
-        got = np.shape(arrays[key])
-        if got != shape:
-            raise ManoFileError(f"{name}: key '{key}' has shape {got}, expected {shape}")
-    sd = np.shape(arrays.get("shapedirs", None))
-    if "shapedirs" not in arrays:
-        raise ManoFileError(f"{name}: not a MANO model: missing key 'shapedirs'")
+        if out[key].shape != shape:
+            raise ManoFileError(f"{name}: key '{key}' has shape {out[key].shape}, expected {shape}")
+    sd = out["shapedirs"].shape
     if len(sd) != 3 or sd[:2] != (N_VERTS, 3) or sd[2] < 1:
         raise ManoFileError(f"{name}: key 'shapedirs' has shape {sd}, expected (778, 3, >=1)")
-    for key in ("v_template", "shapedirs", "posedirs", "J_regressor", "weights"):
-        if not np.all(np.isfinite(np.asarray(arrays[key], dtype=np.float64))):
+    for key in _FLOAT_KEYS:
+        if not np.all(np.isfinite(out[key])):
             raise ManoFileError(f"{name}: key '{key}' contains NaN or infinite values")
-    parents = np.asarray(arrays["kintree_table"]).astype(np.int64)[0]
+    parents = out["kintree_table"][0]
     parents = np.where(parents >= 2**31, -1, parents)  # the root's parent is uint32(-1)
     if tuple(parents.tolist()) != MANO_PARENTS:
         raise ManoFileError(f"{name}: key 'kintree_table' is not MANO's kinematic tree "
                             f"(parents {parents.tolist()})")
-    faces = np.asarray(arrays["f"])
-    if faces.min() < 0 or faces.max() >= N_VERTS:
+    if out["f"].min() < 0 or out["f"].max() >= N_VERTS:
         raise ManoFileError(f"{name}: key 'f' has vertex ids outside [0, {N_VERTS})")
+    return out
 
 
 def load_mano(path: str | Path) -> ManoModel:
     """Load and validate an official or stand-in MANO pickle without chumpy or scipy."""
-    arrays = read_mano_pickle(path)
-    _check(arrays, str(path))
-    f64 = {k: np.asarray(arrays[k], dtype=np.float64) for k in
-           ("v_template", "shapedirs", "posedirs", "J_regressor", "weights",
-            "hands_components", "hands_mean")}
-    kintree = np.asarray(arrays["kintree_table"]).astype(np.int64)
-    return ManoModel(
-        **f64,
-        kintree_table=kintree,
-        faces=np.asarray(arrays["f"]).astype(np.int64),
-        path=str(path),
-    )
+    arrays = _check(read_mano_pickle(path), str(path))
+    return ManoModel(**{k: arrays[k] for k in _FLOAT_KEYS}, kintree_table=arrays["kintree_table"],
+                     faces=arrays["f"], path=str(path))
 
 
 def model_path(root: str | Path, side: str = "right") -> Path:

@@ -89,6 +89,14 @@ _contra_stage_outcome() {
            "run_dir=${RUN_DIR} to continue" >&2
       exit "$rc"
       ;;
+    2)  # a user error: the failing task printed its one `contra: error:` line already
+      echo "=== $(date -Is) stopped on the contra: error above (exit 2); fix it and resubmit" >&2
+      if [ -f "${RUN_DIR}/checkpoints/last.pt" ]; then
+        echo "=== the last checkpoint ${RUN_DIR}/checkpoints/last.pt is kept; resume with:" \
+             "CONFIG=${CONFIG} sbatch ... slurm/${stage}.sbatch run_dir=${RUN_DIR} ..." >&2
+      fi
+      exit "$rc"
+      ;;
     *)
       if [ "$rc" -gt 128 ]; then why="a task was killed by signal $((rc - 128))"; else why="a task exited with code $rc"; fi
       echo "contra: error: training failed: ${why} (see the task errors above)." >&2

@@ -14,7 +14,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from slurmutil import HERE, REPO, SLURM_DOWN, SLURM_UP
+from slurmutil import (
+    HERE,
+    REPO,
+    SLURM_DOWN,
+    SLURM_UP,
+    TimeLimited,
+    await_signal_slot,
+    follow_time_limited,
+    start_local,
+    submit_stage,
+    submit_submitit,
+)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -75,3 +86,81 @@ def job_env(slurm: None) -> dict[str, str]:
     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(var, None)
     return env
+
+
+# ------------------------------------------------------------------------------ time limits
+#: steps that, with a whole core each, still train LEAD s after submission (this machine)
+TL_STEPS_PER_CORE = {"pretrain": 90, "finetune": 110}
+#: s from submission to SLURM's signalling check: the start-up must fit in it, with margin
+LEAD = 25
+
+
+def tl_steps(stage: str) -> int:
+    """TL_STEPS_PER_CORE: sized for the fastest case, a whole core per job (the references
+    may finish early and leave the jobs the machine), so a job is still training at the signal
+    however the three jobs and three references share the cores. (Scaling it down by the jobs'
+    expected share let a fine-tune finish right at its signal on a quiet machine.)"""
+    return TL_STEPS_PER_CORE[stage]
+
+
+def tl_args(stage: str, data: Path, run_dir: Path) -> list[str]:
+    """A one-task run of tl_steps() steps, checkpointed only at epoch ends and on the signal."""
+    common = [f"run_dir={run_dir}", f"max_steps={tl_steps(stage)}", "workers=0",
+              "progress=false", "log_every=1", "checkpoint.every_steps=0",
+              "tracking.enabled=false"]
+    if stage == "pretrain":
+        return [f"data_root={data / 'hanco'}", "epochs=0", "batch_size=8",
+                "monitor.every_epochs=0", *common]
+    return [f"data.root={data / 'freihand'}", "init.mode=scratch", "mano_root=standin",
+            "batch_size=4", "threads=1", "deterministic=true", "seed=0", "eval.every_steps=0",
+            *common]
+
+
+@pytest.fixture(scope="session")
+def time_limited(job_env: dict[str, str], synth_root: Path,
+                 tmp_path_factory: pytest.TempPathFactory) -> dict[str, TimeLimited | Path]:
+    """Section (e) of test_pretrain_jobs.py and test_finetune_jobs.py, run once for both.
+
+    Three one-task jobs, submitted with ``--time=1`` and a signal delay so that one planned
+    time-limit check of slurmctld signals all of them while they train: pretraining through
+    slurm/pretrain.sbatch (USR1) and jobs/pretrain.py (submitit's USR2), fine-tuning through
+    slurm/finetune.sbatch.  Their uninterrupted references run outside SLURM, started first
+    (they train while we wait for the check's slot).  One slot for all three costs one wait.
+    """
+    work = tmp_path_factory.mktemp("time-limit")
+    cfg = {s: REPO / "configs" / s / "demo.yaml" for s in TL_STEPS_PER_CORE}
+    refs = {s: (work / f"{s}-reference", start_local(
+        f"contra.{s}", cfg[s], tl_args(s, synth_root, work / f"{s}-reference"), job_env,
+        work / f"{s}-reference.log")) for s in TL_STEPS_PER_CORE}
+    try:
+        out: dict[str, TimeLimited | Path] = _time_limited_jobs(job_env, synth_root, work, cfg)
+        for s, (ref_dir, proc) in refs.items():
+            log = work / f"{s}-reference.log"
+            assert proc.wait(timeout=300) == 0, log.read_text()[-4000:]
+            out[f"{s}-reference"] = ref_dir
+        return out
+    finally:
+        for _, proc in refs.values():
+            if proc.poll() is None:
+                proc.kill()
+
+
+def _time_limited_jobs(job_env: dict[str, str], synth_root: Path, work: Path,
+                       cfg: dict[str, Path]) -> dict[str, TimeLimited | Path]:
+    plan = await_signal_slot(LEAD)
+    limit = [f"--time={plan.time_min}", f"--signal=USR1@{plan.delay_s}", "--cpus-per-task=1",
+             "--mem=3G"]
+    runs = {f"{s}-sbatch": submit_stage(REPO / "slurm" / f"{s}.sbatch", cfg[s], limit, job_env,
+                                        work, f"e-{s}", tl_args(s, synth_root, work / s),
+                                        nodes=1) for s in TL_STEPS_PER_CORE}
+    runs["pretrain-submitit"] = submit_submitit(
+        REPO / "jobs" / "pretrain.py", cfg["pretrain"], job_env, work, "e-submitit",
+        tl_args("pretrain", synth_root, work / "submitit-run"),
+        ["--nodes", "1", "--timeout-min", str(plan.time_min), "--signal-delay-s",
+         str(plan.delay_s)])
+    try:
+        followed = follow_time_limited(list(runs.values()), plan, timeout=300)
+    except BaseException:
+        subprocess.run(["scancel", *(r.job_id for r in runs.values())], timeout=30)
+        raise
+    return dict(zip(runs, followed, strict=True))

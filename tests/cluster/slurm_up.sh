@@ -74,6 +74,9 @@ SlurmdSpoolDir=/var/spool/slurmd/%n
 SlurmctldPidFile=/run/slurmctld.pid
 SlurmdPidFile=/run/slurmd-%n.pid
 SlurmctldLogFile=/var/log/slurm/slurmctld.log
+# debug2: the log shows each time-limit check and the --signal warnings it sends (the time-limit
+# tests plan their jobs around those checks: tests/cluster/slurmutil.py await_signal_slot)
+SlurmctldDebug=debug2
 SlurmdLogFile=/var/log/slurm/slurmd-%n.log
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none

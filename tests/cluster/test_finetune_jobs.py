@@ -3,7 +3,10 @@
 (a) sbatch slurm/finetune.sbatch completes; (b) preemption (scancel --signal=USR1) → exit 75 →
 requeue → resume → the final weights equal the uninterrupted run's; (c) jobs/finetune.py: the dry
 run is an sbatch script for contra.finetune, and a real submitit job completes with the same
-weights.  Every run uses the same config, so (a) is the reference for all of them.
+weights.  Every run uses the same config, so (a) is the reference for all of them.  (e) the
+time limit: a one-task job submitted with ``--time=1`` and ``--signal=USR1@N`` is signalled by
+SLURM itself, checkpoints, requeues, resumes and ends with the weights of an uninterrupted run
+of its own config outside SLURM (conftest.py's ``time_limited`` runs it, with pretraining's).
 """
 
 from __future__ import annotations
@@ -12,12 +15,14 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from slurmutil import (
     REPO,
     StageRun,
     assert_same_weights,
+    assert_sbatch_time_limit_requeue,
     load_model,
     start_now,
     submit_stage,
@@ -153,3 +158,9 @@ def test_c_submitit_two_nodes_completes(job_env: dict[str, str], work: Path, dat
     model, step = load_model(run_dir)
     assert step == MAX_STEPS
     assert_same_weights(model, load_model(reference.run_dir)[0], prefix=None)  # same run
+
+
+# ----------------------------------------------------------------------------------- (e)
+def test_e_sbatch_time_limit_signal_requeues_and_resumes_exactly(
+        time_limited: dict[str, Any]) -> None:
+    assert_sbatch_time_limit_requeue(time_limited, "finetune")

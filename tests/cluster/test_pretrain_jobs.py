@@ -4,7 +4,10 @@
 (c) preemption (scancel --signal=USR1 / submitit's _interrupt) → requeue → resume → the final
 weights equal the uninterrupted run's; (d) a SIGKILLed rank fails the job with a clear message,
 keeps last.pt, and a resubmission resumes from it.  Every run uses the same config, so (a) is the
-reference for all of them.
+reference for all of them.  (e) the time limit: jobs submitted with ``--time=1`` and a signal
+delay (sbatch's ``--signal=USR1@N``, submitit's ``--signal-delay-s``) are signalled by SLURM
+itself, checkpoint, requeue, resume and end with the weights of an uninterrupted run of their
+own, longer config (one task; run outside SLURM); the jobs run in conftest.py's ``time_limited``.
 """
 
 from __future__ import annotations
@@ -15,12 +18,16 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from slurmutil import (
     REPO,
     StageRun,
+    assert_resumed_exactly,
     assert_same_weights,
+    assert_sbatch_time_limit_requeue,
+    assert_signalled_by_time_limit,
     job_info,
     load_model,
     mlflow_runs,
@@ -223,3 +230,22 @@ def test_d_dead_rank_fails_clearly_and_resubmission_resumes(
     assert step == MAX_STEPS
     assert_same_weights(model, load_model(reference.run_dir)[0])
     assert job_info(again.job_id)["ExitCode"] == "0:0"
+
+
+# ----------------------------------------------------------------------------------- (e)
+# The jobs run in the session fixture ``time_limited`` (conftest.py), shared with the
+# fine-tuning module: one wait for SLURM's signalling check serves all three jobs.
+def test_e_sbatch_time_limit_signal_requeues_and_resumes_exactly(
+        time_limited: dict[str, Any]) -> None:
+    assert_sbatch_time_limit_requeue(time_limited, "pretrain")
+
+
+def test_e_submitit_timeout_requeues_and_resumes_exactly(time_limited: dict[str, Any]) -> None:
+    tl = time_limited["pretrain-submitit"]
+    text = tl.run.log.read_text() + tl.run.log.with_suffix(".out").read_text()  # rank 0
+    assert_signalled_by_time_limit(tl, text, "SIGUSR2")
+    assert "contra: checkpointed on a signal; handing over to submitit (SIGUSR2)" in text
+    # submitit's handler took it for a time-out (not a preemption): one timeout requeue spent
+    assert "this job is timed-out" in text
+    assert f"Requeued job {tl.run.job_id} (19 remaining timeouts)" in text
+    assert_resumed_exactly(tl, text, time_limited["pretrain-reference"])
