@@ -3,7 +3,7 @@
 contra's side is the real thing: :class:`contra.moco.MoCo` (momentum update, shuffle-BN keys; DDP-
 wrapped at world size > 1 exactly as the trainer does, default ``broadcast_buffers=True``) plus
 :class:`contra.queue.ShardedQueue` (InfoNCE by distributed log-sum-exp against a sharded queue, kept
-outside DDP) driven by :func:`contra.pretrain.train_step`.
+outside DDP) driven by :func:`contra.moco_step.train_step`.
 
 The reference is written here from the original algorithm (``moco.md`` §1.3–1.5; our own code,
 not the released one): one module holding ``encoder_q``/``encoder_k`` (contra's :class:`EmbedNet`,
@@ -59,8 +59,8 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from contra.moco import MoCo
+from contra.moco_step import train_step
 from contra.nets import EmbedNet
-from contra.pretrain import train_step
 from contra.queue import ShardedQueue, initial_queue
 
 DIM, TEMPERATURE, MOMENTUM, SEED = 128, 0.2, 0.999, 0
