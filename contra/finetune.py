@@ -257,7 +257,6 @@ class FinetuneStage:
     @torch.no_grad()
     def predict(self) -> tuple[np.ndarray, np.ndarray]:
         """Camera-frame (xyz (N, 21, 3), verts (N, 778, 3)) of the evaluation split, in order."""
-        self.eval_set.retry.take_unreported()
         loader = DataLoader(self.eval_set, batch_size=self.cfg.eval.batch_size, shuffle=False,
                             num_workers=min(self.cfg.workers, 2),
                             collate_fn=CountingCollate(self.eval_set.retry))

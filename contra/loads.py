@@ -38,10 +38,7 @@ class RunLoads:
 
     def collate(self) -> CountingCollate | None:
         """The epoch loader's ``collate_fn``; forgets loads made outside the run's batches."""
-        if self.policy is None:
-            return None
-        self.policy.take_unreported()
-        return CountingCollate(self.policy)
+        return None if self.policy is None else CountingCollate(self.policy)
 
     def unpack(self, loaded: Any) -> tuple[Any, tuple[int, ...]]:
         """The stage's batch and this rank's (loads, skipped loads) of it, for the all-reduce."""

@@ -22,7 +22,7 @@ from torchvision.transforms import InterpolationMode
 
 from contra.augment import decode_rgb
 from contra.data.errors import DataFormatError
-from contra.data.hanco import N_CAMERAS, N_KEYPOINTS, SUBSET_FOLDERS, HanCo
+from contra.data.hanco import N_CAMERAS, N_KEYPOINTS, SUBSET_FOLDERS, HanCo, xyz_path
 
 if TYPE_CHECKING:
     from contra.retrieval import RetrievalConfig
@@ -149,7 +149,7 @@ def _load_frame(hanco: HanCo, subset: str, sid: int, fid: int, cid: int, size: i
         log.debug("retrieval: skipping xyz: %s", exc)
         skipped["xyz"] += 1
         if len(files) < 5:
-            files.append(str(exc).split(": ")[0])  # the reader's messages start with the file
+            files.append(str(xyz_path(hanco.root, sid, fid)))
         return None
     folder = SUBSET_FOLDERS[subset] if hanco.is_green_screen(sid, fid) else "rgb"
     path = hanco.image_path(folder, sid, cid, fid)

@@ -200,12 +200,14 @@ class CountedBatch(NamedTuple):
 class CountingCollate:
     """``collate_fn`` that attaches each batch's load counts (runs in the worker process).
 
-    Pickled to the workers with the dataset in one process object, so ``policy`` is the worker's
-    own copy of the dataset's policy.
+    Made in the main process when a loader is (it forgets the loads made outside that loader's
+    batches, e.g. a monitor's); pickled to the workers with the dataset in one process object, so
+    ``policy`` is the worker's own copy of the dataset's policy.
     """
 
     def __init__(self, policy: RetryPolicy, collate: Callable[[list], Any] = default_collate):
         self.policy, self.collate = policy, collate
+        policy.take_unreported()
 
     def __call__(self, samples: list) -> CountedBatch:
         return CountedBatch(self.collate(samples), *self.policy.take_unreported())
