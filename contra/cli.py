@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from contra.cli_figures import add_figure_commands
 from contra.config import load_config
 from contra.entry import add_config_args, configure_logging, guarded
 
@@ -28,9 +29,26 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"\nwrote {cfg.out_dir}/ (config.yaml, mano/, gt/, pred.json, eval/scores.txt)")
     if cfg.pretrain.enabled:
         _print_pretrain(run_pretrain_demo(cfg), cfg)
-    if cfg.sweep.enabled:
-        _print_sweep(run_sweep_demo(cfg))
+    sweep = run_sweep_demo(cfg) if cfg.sweep.enabled else None
+    if cfg.figures.enabled:
+        from contra.demo_figures import run_figures_demo
+
+        hanco = Path(cfg.pretrain.data_dir) / "hanco"
+        _print_figures(run_figures_demo(cfg.out_dir, hanco, cfg.figures,
+                                        Path(sweep["sweep_dir"]) if sweep else None))
+    if sweep is not None:
+        _print_sweep(sweep)
     return 0
+
+
+def _print_figures(result: dict) -> None:
+    """Where the embedding figures are and the command that made them."""
+    m = result["summary"]["metrics"]
+    print(f"\nembedding figures ({result['seconds']:.0f} s) → {result['out']}/: background "
+          f"invariance {m['bg_invariance']:.2f}, mixing {m['bg_mixing_ratio']:.2f} (1 = "
+          f"ignores the background), pose NN1 {m['pose_nn1_mm']:.1f} mm vs random "
+          f"{m['pose_random_mm']:.1f} mm")
+    print(f"  made by: {result['command']}")
 
 
 def _print_pretrain(summary: dict, cfg: Any) -> None:
@@ -184,7 +202,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     from contra.report import build_report, resolve_uri
 
     report = build_report(args.experiment, resolve_uri(args.tracking_uri), args.out,
-                          sweep=args.sweep)
+                          sweep=args.sweep, with_embedding=args.with_embedding,
+                          pretrain_uri=args.pretrain_tracking_uri)
     print(report.markdown)
     print(f"wrote {', '.join(str(p) for p in report.files.values())}")
     if report.logged_to:
@@ -268,6 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "contra-hand: backbone + embed head (fc, fc2)")
     p.set_defaults(func=cmd_export)
 
+    add_figure_commands(sub)
+
     p = sub.add_parser("report", help="Table 1 from the fine-tune runs in MLflow",
                        description="Groups fine-tune runs by (strategy, table1_row), averages the "
                                    "final FreiHAND scores over seeds, names missing and failed "
@@ -280,6 +301,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sweep", default=None, metavar="PARENT_RUN_ID",
                    help="only the child runs of this sweep run; the files are logged to it")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
+    p.add_argument("--with-embedding", action="store_true",
+                   help="add the `contra figures` embedding metrics of each row's pretraining "
+                        "run (its runs' pretrain_run_id tag) to table1.md and table1.csv")
+    p.add_argument("--pretrain-tracking-uri", default=None, metavar="URI",
+                   help="the store of the pretraining runs (default: the checkpoint's run "
+                        "dir's run.json, else --tracking-uri)")
     p.set_defaults(func=cmd_report)
 
     mano = sub.add_parser("mano", help="MANO model files",

@@ -33,6 +33,7 @@ import torch
 
 from contra.atomic import write_text_atomic
 from contra.config import ConfigError, load_config, save_config
+from contra.demo_figures import FiguresDemo
 from contra.mano.standin import write_standin
 from contra.mano.theta import freihand_layer, mano_from_theta
 
@@ -100,6 +101,7 @@ class DemoConfig:
     noise: PredictionNoise = field(default_factory=PredictionNoise)
     pretrain: PretrainDemo = field(default_factory=PretrainDemo)
     sweep: SweepDemo = field(default_factory=SweepDemo)
+    figures: FiguresDemo = field(default_factory=FiguresDemo)
 
 
 def _random_rotations(n: int, gen: torch.Generator) -> torch.Tensor:

@@ -35,6 +35,11 @@ def user_errors() -> tuple[type[BaseException], ...]:
             CheckpointError, DistEnvError, DemoError, ReportError, DiskFullError)
 
 
+#: libraries whose INFO lines are noise for a user (faiss's CPU-feature probing, openTSNE's
+#: method choices); their warnings still show
+QUIET_LIBRARIES = ("faiss.loader", "openTSNE")
+
+
 def configure_logging(level: str = "INFO") -> None:
     """Rank-tagged log lines; ranks other than 0 log warnings and errors only."""
     from contra.dist import DistEnvError, discover
@@ -48,6 +53,8 @@ def configure_logging(level: str = "INFO") -> None:
     logging.basicConfig(level=effective,
                         format=f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
+    for chatty in QUIET_LIBRARIES:  # their INFO lines say nothing a user acts on
+        logging.getLogger(chatty).setLevel(max(logging.WARNING, numeric))
 
 
 def exit_code(exc: BaseException) -> int:

@@ -45,7 +45,7 @@ from contra.data.retry import CountedBatch, CountingCollate, LoadTally
 from contra.data.supervised import SupervisedDataConfig, SupervisedDataset
 from contra.entry import stage_main
 from contra.evaluation import load_ground_truth, write_scores
-from contra.initialisation import InitConfig, InitReport, initialise, set_training, sha256
+from contra.initialisation import Freeze, InitConfig, InitReport, initialise, set_training, sha256
 from contra.mano.io import model_path
 from contra.mano.theta import freihand_layer
 from contra.metrics import freihand_report
@@ -57,7 +57,7 @@ from contra.tracking import TrackingConfig, save_curve
 
 log = logging.getLogger("contra.finetune")
 
-__all__ = ["FinetuneConfig", "FinetuneStage", "load", "main", "run"]
+__all__ = ["FinetuneConfig", "FinetuneStage", "build_net", "load", "main", "predict_split", "run"]
 
 CHECKPOINT_FORMAT = "contra-finetune/1"
 OnEval = Callable[[int, dict[str, float]], None]
@@ -150,6 +150,35 @@ def resolve_mano(mano_root: str | None) -> tuple[Path, str]:
     return Path(root), f"sha256:{sha256(path)}"
 
 
+def build_net(m: ModelConfig) -> ManoNet:
+    """The regressor ``model.*`` names: one constructor for training and saved checkpoints."""
+    return ManoNet(m.arch, dilate_last=m.dilate_last, bn_momentum=m.bn_momentum,
+                   dropout=m.dropout, stem=m.stem)
+
+
+@torch.no_grad()
+def predict_split(net: ManoNet, loss: HandShapeLoss, data: SupervisedDataset, freeze: Freeze,
+                  inputs: Callable[[Tensor], Tensor], batch_size: int, workers: int,
+                  tally: LoadTally) -> tuple[np.ndarray, np.ndarray]:
+    """Camera-frame (xyz, verts) of ``data`` in order, net in eval mode: one path for the run's
+    evaluation and a saved checkpoint's (:mod:`contra.overlays`), so both give the same numbers."""
+    xyz, verts, training = [], [], net.training
+    set_training(net, freeze, False)
+    try:
+        for loaded in DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=workers,
+                                 collate_fn=CountingCollate(data.retry)):
+            counted = CountedBatch(*loaded)
+            tally.add(counted.attempts, counted.failures, counted.failed)
+            x = inputs(counted.batch["image"])
+            raw = net(x).float()
+            _, v, kp = loss.predict(raw, counted.batch["K"].to(x.device), data.cfg.image_size)
+            xyz.append(kp.double().cpu().numpy())
+            verts.append(v.double().cpu().numpy())
+    finally:
+        set_training(net, freeze, training)
+    return np.concatenate(xyz), np.concatenate(verts)
+
+
 # ---------------------------------------------------------------------------------- stage
 class FinetuneStage:
     """What is supervised in a fine-tuning run: labelled images, ManoNet, the loss, evaluation."""
@@ -166,9 +195,7 @@ class FinetuneStage:
         self.size = cfg.data.image_size
         self.dataset = SupervisedDataset(cfg.data, "training")
         self.sampler = run.sampler(self.dataset, str(cfg.data.root))
-        m = cfg.model
-        net = ManoNet(m.arch, dilate_last=m.dilate_last, bn_momentum=m.bn_momentum,
-                      dropout=m.dropout, stem=m.stem)
+        net = build_net(cfg.model)
         self.init: InitReport = initialise(net, cfg.init)
         self.net: ManoNet = run.prepare(net)  # type: ignore[assignment]
         self.ddp = run.wrap(self.net)
@@ -254,26 +281,11 @@ class FinetuneStage:
                 raise ConfigError(f"{self.gt_dir}: evaluation split has {len(self.eval_set)} "
                                   f"images but evaluation_xyz.json {len(self.gt[0])} samples")
 
-    @torch.no_grad()
     def predict(self) -> tuple[np.ndarray, np.ndarray]:
         """Camera-frame (xyz (N, 21, 3), verts (N, 778, 3)) of the evaluation split, in order."""
-        loader = DataLoader(self.eval_set, batch_size=self.cfg.eval.batch_size, shuffle=False,
-                            num_workers=min(self.cfg.workers, 2),
-                            collate_fn=CountingCollate(self.eval_set.retry))
-        xyz, verts = [], []
-        set_training(self.net, self.cfg.init.freeze, False)
-        try:
-            for loaded in loader:
-                counted = CountedBatch(*loaded)
-                batch = counted.batch
-                self.eval_loads.add(counted.attempts, counted.failures, counted.failed)
-                raw = self.net(self.run.inputs(batch["image"])).float()
-                _, v, kp = self.loss.predict(raw, batch["K"].to(self.run.device), self.size)
-                xyz.append(kp.double().cpu().numpy())
-                verts.append(v.double().cpu().numpy())
-        finally:
-            set_training(self.net, self.cfg.init.freeze, True)
-        return np.concatenate(xyz), np.concatenate(verts)
+        return predict_split(self.net, self.loss, self.eval_set, self.cfg.init.freeze,
+                             self.run.inputs, self.cfg.eval.batch_size,
+                             min(self.cfg.workers, 2), self.eval_loads)
 
     def evaluate(self) -> None:
         """Rank 0: official scores of the evaluation split; pred.json, scores, best.pt, figure."""
@@ -287,8 +299,7 @@ class FinetuneStage:
         write_text_atomic(d.pred, json.dumps([xyz.tolist(), verts.tolist()]))
         write_scores(report, len(xyz), d.eval)
         scores = {k: float(report.scores[k]) for k in EVAL_KEYS}
-        step = self.run.progress.step
-        history = self.run.progress.history
+        step, history = self.run.progress.step, self.run.progress.history
         history.setdefault("eval", []).append({"step": step, **scores})
         self.run.log_metrics({**{eval_metric(k): v for k, v in scores.items()},
                               "data/eval_skipped_loads": float(self.eval_loads.failures)})

@@ -45,23 +45,28 @@ def outline(mask: np.ndarray) -> np.ndarray:
 def save_mesh_figure(path: Path | str, images: Sequence[np.ndarray],
                      pred_verts: Sequence[np.ndarray], faces: np.ndarray,
                      Ks: Sequence[np.ndarray], titles: Sequence[str],
-                     gt_verts: Sequence[np.ndarray] | None = None) -> Path:
-    """A row of images with predicted meshes (GT mesh outline in yellow when given)."""
+                     gt_verts: Sequence[np.ndarray] | None = None, *,
+                     columns: int | None = None, subtitle: str = "") -> Path:
+    """Images with predicted meshes (GT mesh outline in yellow when given), ``columns`` a row
+    (all in one row by default); ``subtitle`` is a second heading line (how images were chosen)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     n = len(images)
-    fig = Figure(figsize=(2.6 * n, 2.9), dpi=100)
+    cols = max(1, min(columns or n, n))
+    rows = -(-n // cols)
+    fig = Figure(figsize=(2.6 * cols, 2.9 * rows), dpi=100)
     FigureCanvasAgg(fig)
     for i in range(n):
         drawn = overlay(images[i], pred_verts[i], faces, Ks[i])
         if gt_verts is not None:
             edge = outline(rasterize(gt_verts[i], faces, Ks[i], drawn.shape[:2]).mask)
             drawn[edge] = (255, 220, 0)
-        ax = fig.add_subplot(1, n, i + 1)
+        ax = fig.add_subplot(rows, cols, i + 1)
         ax.imshow(drawn)
         ax.set_title(titles[i], fontsize=8)
         ax.axis("off")
-    fig.suptitle("predicted mesh (blue) over the image; GT outline (yellow)", fontsize=9)
+    heading = "predicted mesh (blue) over the image; GT outline (yellow)"
+    fig.suptitle(f"{heading}\n{subtitle}" if subtitle else heading, fontsize=9)
     fig.tight_layout()
     return save_png(fig, path)

@@ -25,6 +25,7 @@ from contra.table1 import (
     PAGE_SIZE,
     PAPER_TABLE1,
     PARENT_TAG,
+    Columns,
     PaperRow,
     ReportError,
     RunRecord,
@@ -148,7 +149,8 @@ def to_record(run: Any) -> RunRecord | None:
         return None
     return RunRecord(run.info.run_id, tags["table1_row"], tags.get("strategy") or "none",
                      normalise_seed(tags.get("seed", "?")), run.info.status,
-                     dict(run.data.metrics), int(run.info.start_time or 0))
+                     dict(run.data.metrics), int(run.info.start_time or 0),
+                     (tags.get("pretrain_run_id", ""), tags.get("checkpoint", "")))
 
 
 def fetch_runs(client: MlflowClient, exp_id: str, sweep: str | None,
@@ -181,8 +183,16 @@ class Report:
 
 def build_report(experiment: str, tracking_uri: str, out_dir: Path | str,
                  sweep: str | None = None, *, paper: Mapping[str, PaperRow] = PAPER_TABLE1,
-                 page_size: int = PAGE_SIZE) -> Report:
-    """Read the runs, write the three files, log them to the sweep's parent run (with a sweep)."""
+                 page_size: int = PAGE_SIZE, with_embedding: bool = False,
+                 pretrain_uri: str | None = None) -> Report:
+    """Read the runs, write the three files, log them to the sweep's parent run (with a sweep).
+
+    ``with_embedding``: add :mod:`contra.embedding_columns` (each row's pretraining embedding,
+    looked up in ``pretrain_uri`` when given); without it the files are exactly as before."""
+    if pretrain_uri is not None and not with_embedding:
+        raise ReportError("--pretrain-tracking-uri is only read with --with-embedding")
+    if pretrain_uri is not None:
+        _check_store(pretrain_uri)  # a mistyped explicit store fails before any file is written
     client = open_client(tracking_uri)
     with mlflow_errors(tracking_uri):
         exp_id = experiment_id(client, experiment, tracking_uri)
@@ -194,8 +204,13 @@ def build_report(experiment: str, tracking_uri: str, out_dir: Path | str,
                           f"runs with a table1_row tag{scope}")
     source = Source(experiment, tracking_uri, sweep, declared is not None, ignored, paper)
     rows = table_rows(runs, expected_seeds(runs, declared), paper)
+    extra = Columns()
+    if with_embedding:
+        from contra.embedding_columns import embedding_columns  # imports this module
+
+        extra = embedding_columns(rows, runs, tracking_uri, pretrain_uri)
     try:
-        files = write_files(rows, source, out_dir)
+        files = write_files(rows, source, out_dir, extra)
     except OSError as exc:
         raise ReportError(f"--out {out_dir}: {exc.strerror or exc}") from None
     if sweep:

@@ -166,8 +166,12 @@ def _load_frame(hanco: HanCo, subset: str, sid: int, fid: int, cid: int, size: i
 
 def to_network(image: Tensor, size: int) -> Tensor:
     """uint8 (3, H, W) → centre square crop → ``size`` px (antialiased) → float32 x/255 − 0.5."""
+    return to_network_uint8(image, size).float() / 255.0 - 0.5
+
+
+def to_network_uint8(image: Tensor, size: int) -> Tensor:
+    """:func:`to_network` before the float conversion: the resize runs on uint8 either way."""
     side = min(image.shape[-2:])
     square = TF.center_crop(image, [side, side])
-    resized = TF.resize(square, [size, size], interpolation=InterpolationMode.BILINEAR,
-                        antialias=True)
-    return resized.float() / 255.0 - 0.5
+    return TF.resize(square, [size, size], interpolation=InterpolationMode.BILINEAR,
+                     antialias=True)

@@ -27,7 +27,6 @@ from typing import Any
 import numpy as np
 
 from contra.atomic import write_text_atomic
-from contra.tracking import save_png
 
 
 class ReportError(ValueError):
@@ -90,6 +89,7 @@ class RunRecord:
     status: str
     metrics: Mapping[str, float]
     start_time: int = 0
+    pretraining: tuple[str, str] = ("", "")  # tags pretrain_run_id, checkpoint
 
     @property
     def complete(self) -> bool:
@@ -242,6 +242,18 @@ class Source:
     paper: Mapping[str, PaperRow] = field(default_factory=lambda: PAPER_TABLE1)
 
 
+@dataclass(frozen=True)
+class Columns:
+    """Columns added before ``status`` (``--with-embedding``): cells by (strategy, row), and the
+    footnotes that explain them. The empty default is today's table, byte for byte."""
+
+    md_heads: tuple[str, ...] = ()
+    csv_heads: tuple[str, ...] = ()
+    md_cells: Mapping[tuple[str, str], Sequence[str]] = field(default_factory=dict)
+    csv_cells: Mapping[tuple[str, str], Sequence[str]] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
+
+
 def _num(value: float) -> str:
     return "—" if math.isnan(value) else f"{value:.3f}"
 
@@ -298,19 +310,20 @@ def _paper_note(paper: Mapping[str, PaperRow]) -> str:
             f"has no such row")
 
 
-def format_markdown(rows: Sequence[TableRow], source: Source) -> str:
+def format_markdown(rows: Sequence[TableRow], source: Source, extra: Columns = Columns()) -> str:
     """The Markdown table with its caption and footnotes."""
     head = ["Table 1 row", "strategy", *(m.title for m in METRICS), "seeds",
-            *(f"paper {m.title}" for m in METRICS), "status"]
+            *(f"paper {m.title}" for m in METRICS), *extra.md_heads, "status"]
     lines = [caption(source), "", "| " + " | ".join(head) + " |",
-             "|" + "|".join(["---", "---", *["---:"] * 7, "---"]) + "|"]
+             "|" + "|".join(["---", "---", *["---:"] * (7 + len(extra.md_heads)), "---"]) + "|"]
     for r in rows:
         cells = [r.label, r.strategy, *(_cell(r.stats[m.name]) for m in METRICS),
                  f"{len(r.finished)}/{len(r.expected)}", *(_paper_cell(r, m) for m in METRICS),
-                 r.status]
+                 *extra.md_cells.get((r.strategy, r.row), ()), r.status]
         lines.append("| " + " | ".join(_md(c) for c in cells) + " |")
     lines.append("")
-    lines += [f"{i}. {_md(note)}" for i, note in enumerate(footnotes(rows, source), 1)]
+    notes = [*footnotes(rows, source), *extra.notes]
+    lines += [f"{i}. {_md(note)}" for i, note in enumerate(notes, 1)]
     return "\n".join(lines) + "\n"
 
 
@@ -318,69 +331,39 @@ def _csv_num(value: float | None) -> str:
     return "" if value is None or math.isnan(value) else repr(float(value))
 
 
-def format_csv(rows: Sequence[TableRow]) -> str:
+def format_csv(rows: Sequence[TableRow], extra: Columns = Columns()) -> str:
     """One line per entry; full precision, empty cells for undefined values."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["row", "label", "strategy", "n_seeds", "n_expected",
                      *(f"{m.name}_{s}" for m in METRICS for s in ("mean", "std")),
-                     *(f"paper_{m.name}" for m in METRICS), "seeds", "run_ids", "status"])
+                     *(f"paper_{m.name}" for m in METRICS), "seeds", "run_ids", *extra.csv_heads,
+                     "status"])
     for r in rows:
         stats = [_csv_num(getattr(r.stats[m.name], s)) for m in METRICS for s in ("mean", "std")]
         paper = [_csv_num(r.paper.value(m) if r.paper else None) for m in METRICS]
         writer.writerow([r.row, r.label, r.strategy, len(r.finished), len(r.expected), *stats,
-                         *paper, ";".join(r.finished), ";".join(r.run_ids), r.status])
+                         *paper, ";".join(r.finished), ";".join(r.run_ids),
+                         *extra.csv_cells.get((r.strategy, r.row), ()), r.status])
     return out.getvalue()
 
 
-# ------------------------------------------------------------------------------ rows → figure
-def _bars(ax: Any, rows: Sequence[TableRow], metric: Metric, offset: float, width: float,
-          scale: float, name: str) -> None:
-    """Bars with error bars for one metric, and the paper's values as markers over them."""
-    x = np.arange(len(rows)) + offset
-    means = np.array([r.stats[metric.name].mean for r in rows]) * scale
-    stds = np.array([r.stats[metric.name].std for r in rows]) * scale
-    ax.bar(x, np.nan_to_num(means), width, yerr=np.nan_to_num(stds), capsize=3, label=name)
-    paper = [(xi, r.paper.value(metric) * scale) for xi, r in zip(x, rows, strict=True)
-             if r.paper]
-    if paper:
-        px, py = zip(*paper, strict=True)
-        ax.scatter(px, py, marker="D", color="black", zorder=3,
-                   label="paper" if offset <= 0 else None)
-
-
+# ------------------------------------------------------------------------------ rows → files
 def save_figure(path: Path | str, rows: Sequence[TableRow], title: str) -> Path:
-    """PA mesh error (mm) and F@5 / F@15 per entry, written atomically; Agg canvas, no pyplot
-    (no global backend switch, no GUI), like :func:`contra.tracking.save_curve`."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    """:func:`contra.table1_figure.save_figure`, kept importable from here."""
+    from contra.table1_figure import save_figure as draw
 
-    fig = Figure(figsize=(max(6.4, 1.3 * len(rows) + 2), 7.0), dpi=100)
-    FigureCanvasAgg(fig)
-    mesh, fscore = fig.subplots(2, 1, sharex=True)
-    _bars(mesh, rows, METRICS[0], 0.0, 0.6, 10.0, "PA mesh error")
-    _bars(fscore, rows, METRICS[1], -0.2, 0.4, 1.0, "F@5 mm")
-    _bars(fscore, rows, METRICS[2], 0.2, 0.4, 1.0, "F@15 mm")
-    mesh.set_ylabel("PA mesh error (mm)")
-    fscore.set_ylabel("F-score")
-    fscore.set_ylim(0, 1.05)
-    fscore.set_xticks(np.arange(len(rows)),
-                      [f"{r.label}\n{r.strategy}\n{len(r.finished)}/{len(r.expected)} seeds"
-                       for r in rows], fontsize=8)
-    for ax in (mesh, fscore):
-        ax.grid(True, axis="y", alpha=0.3)
-        ax.legend(loc="best", fontsize=8)
-    mesh.set_title(title, fontsize=9)
-    fig.tight_layout()
-    return save_png(fig, path)
+    return draw(path, rows, title)
 
 
-def write_files(rows: Sequence[TableRow], source: Source, out_dir: Path | str) -> dict[str, Path]:
-    """``table1.md``, ``table1.csv`` and ``table1.png`` in ``out_dir``, each written atomically."""
+def write_files(rows: Sequence[TableRow], source: Source, out_dir: Path | str,
+                extra: Columns = Columns()) -> dict[str, Path]:
+    """``table1.md``, ``table1.csv`` and ``table1.png`` in ``out_dir``, each written atomically
+    (``extra`` goes into the first two; the figure is the same with or without it)."""
     out = Path(out_dir)
     md, csv_file, png = (out / name for name in FILES)
-    write_text_atomic(md, format_markdown(rows, source))
-    write_text_atomic(csv_file, format_csv(rows))
+    write_text_atomic(md, format_markdown(rows, source, extra))
+    write_text_atomic(csv_file, format_csv(rows, extra))
     sweep = f", sweep {source.sweep}" if source.sweep else ""
     save_figure(png, rows, f"Table 1 — {source.experiment}{sweep}")
     return {"md": md, "csv": csv_file, "png": png}

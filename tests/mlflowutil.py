@@ -8,9 +8,26 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+#: MLflow's variables that ``contra report`` sets for its process
+REPORT_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
+              "MLFLOW_HTTP_REQUEST_TIMEOUT")
+
+
+@pytest.fixture(autouse=True)
+def restore_report_env() -> Iterator[None]:
+    """The report sets MLflow's HTTP variables for the process; undo that per test (import this
+    fixture into a test module to use it there)."""
+    saved = {k: os.environ.pop(k, None) for k in REPORT_ENV}
+    yield
+    for key, value in saved.items():
+        os.environ.pop(key, None)
+        if value is not None:
+            os.environ[key] = value
 
 
 class Server:

@@ -32,8 +32,8 @@ TINY_FINETUNE = ("[max_steps=2, eval.every_steps=2, data.image_size=32, batch_si
 
 
 def demo_args(repo: Path, out: Path, synth_root: Path) -> list[str]:
-    """All three stages on tiny settings: 2-rank pretraining for 3 steps, then a sweep of
-    scratch / fixed / full × 2 seeds of 2 fine-tune steps each."""
+    """All four stages on tiny settings: 2-rank pretraining for 3 steps, a sweep of
+    scratch / fixed / full × 2 seeds of 2 fine-tune steps each, then the embedding figures."""
     return ["demo", "--config", str(repo / "configs" / "demo.yaml"), f"out_dir={out}",
             "samples=40", f"pretrain.data_dir={synth_root}",
             f"pretrain.config={repo / 'configs' / 'pretrain' / 'demo.yaml'}",
@@ -41,7 +41,7 @@ def demo_args(repo: Path, out: Path, synth_root: Path) -> list[str]:
             f"sweep.config={repo / 'configs' / 'sweep' / 'demo.yaml'}",
             f"sweep.script={repo / 'jobs' / 'sweep.py'}",
             f"sweep.overrides=[finetune_config={repo / 'configs' / 'finetune' / 'demo.yaml'}]",
-            f"sweep.finetune={TINY_FINETUNE}"]
+            f"sweep.finetune={TINY_FINETUNE}", "figures.n=240", "figures.pairs=40"]
 
 
 def test_demo_end_to_end(tmp_path: Path, synth_root: Path) -> None:
@@ -75,10 +75,28 @@ def test_demo_end_to_end(tmp_path: Path, synth_root: Path) -> None:
     assert f"MLflow run {summary['mlflow_run_id']}" in res.stdout
     assert "open the MLflow UI: mlflow ui --backend-store-uri sqlite:///" in res.stdout
     _check_sweep(out, res.stdout, summary["mlflow_run_id"])
-    again = run(*demo_args(repo, out, synth_root), "pretrain.enabled=false", cwd=tmp_path)
+    _check_figures(out, res.stdout, summary)
+    again = run(*demo_args(repo, out, synth_root), "pretrain.enabled=false",
+                "figures.enabled=false", cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "[sweep] start" not in again.stdout and "reported, not rerun" in again.stdout
     assert "6 of 6 runs FINISHED" in again.stdout
+
+
+def _check_figures(out: Path, stdout: str, pretrain: dict) -> None:
+    """Stage 4: every figure, the numbers in summary.json and on the pretraining run, the mesh
+    overlays of the sweep's best trial on that trial's own run."""
+    from mlflow import MlflowClient
+
+    figs = out / "figures"
+    for name in ("tsne.png", "cosine_pairs.png", "retrieval_grid.png", "mesh_overlays.png"):
+        assert (figs / name).stat().st_size > 1000, name
+    summary = json.loads((figs / "summary.json").read_text())
+    assert summary["metrics"]["n"] == 240 and "embedding figures" in stdout
+    run = MlflowClient(pretrain["tracking_uri"]).get_run(pretrain["mlflow_run_id"])
+    assert run.data.metrics["embedding/bg_invariance"] == pytest.approx(
+        summary["metrics"]["bg_invariance"], rel=1e-6)
+    assert "made by: contra figures --checkpoint" in stdout
 
 
 def _check_sweep(out: Path, stdout: str, pretrain_run: str) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
 import statistics
 import time
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from mlflowutil import Server
+from mlflowutil import Server, restore_report_env  # noqa: F401 (autouse fixture)
 from netutil import free_port
 
 from contra.cli import main
@@ -43,7 +42,6 @@ EXP = "contra-finetune"
 PARENT_TAG = "mlflow.parentRunId"
 KEYS = [m.key for m in METRICS]
 STEPS = (300, 100, 200)  # logged out of step order: the report must take step 300's value
-_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")
 
 # sweep A (parent param seeds = [0, 1]): (row, strategy, seed, status)
 SWEEP_A = [("scratch", "none", 0, "FINISHED"), ("scratch", "none", 1, "FINISHED"),
@@ -65,17 +63,6 @@ class Store:
     bad_seeds: str  # a parent whose seeds param is not a JSON list
     finals: dict[tuple[str, str, str, int], dict[str, float]]  # (sweep, strategy, row, seed)
     ignored: int  # runs without a table1_row tag
-
-
-@pytest.fixture(autouse=True)
-def _restore_env() -> Iterator[None]:
-    """The report sets MLflow's HTTP variables for the process; undo that per test."""
-    saved = {k: os.environ.pop(k, None) for k in _ENV}
-    yield
-    for key, value in saved.items():
-        os.environ.pop(key, None)
-        if value is not None:
-            os.environ[key] = value
 
 
 def _final(rng: np.random.Generator, leak: bool) -> dict[str, float]:
