@@ -44,7 +44,8 @@ import torchvision
 import torchvision.transforms.functional as TF
 from PIL import Image
 
-from contra.data.supervised import CropParams, SupervisedDataConfig, SupervisedDataset
+from contra.data.crops import CropParams
+from contra.data.supervised import SupervisedDataConfig, SupervisedDataset
 
 DEFAULT_DATA = Path("data/bench-finetune")
 ROOT_KEYPOINT = 9

@@ -17,8 +17,8 @@ randomness, unlike torchvision's, comes only from the numpy Generator handed to
 loader's per-item seed.
 
 Where the speed comes from (one CPU core, 224 px): JPEG decoding with libjpeg-turbo straight to a
-uint8 tensor, and, when the crop is at least twice the output size and there is no rotation, DCT-
-domain downscaling (PIL ``draft``) so only what the crop needs is decoded; crop and resize on uint8;
+uint8 tensor, and, when the crop is at least twice the output size (rotated or not), DCT-domain
+downscaling (PIL ``draft``) so only what the crop needs is decoded; crop and resize on uint8;
 the four colour operations on one float32 image at output resolution with the clamps that cannot
 bind skipped and the HSV hue shift written as one closed-form pass (torchvision converts to HSV and
 back); the rotation by PIL's C loop; the blur separable, on one plane after grayscale; one
@@ -30,12 +30,9 @@ Gaussian truncated at 3σ, 13 taps at σ = 2), which plays the role of MoCo v2's
 
 from __future__ import annotations
 
-import functools
 import io
 import math
 import platform
-import warnings
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -43,17 +40,16 @@ import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
 from PIL import Image
-
-try:
-    from torchvision.io import ImageReadMode, decode_image
-except ImportError:  # a torchvision without image decoding: PIL decodes
-    ImageReadMode = decode_image = None  # type: ignore[assignment,misc]
 from torchvision.transforms import InterpolationMode
+
+from contra.data.decode import decode_rgb, image_size
+from contra.photometric import GRAY_WEIGHTS, blur, brightness_, contrast_, gray, hue, saturation_
+
+__all__ = ["GRAY_WEIGHTS", "JITTER_OPS", "AugParams", "AugmentSpec", "Augmentation", "apply",
+           "apply_torchvision", "augment_spec", "decode_rgb", "image_size", "load_view"]
 
 AugmentName = Literal["mocov2", "contra-hand"]
 
-#: ITU-R 601-2 luma weights, as torchvision's ``rgb_to_grayscale``.
-GRAY_WEIGHTS = (0.2989, 0.587, 0.114)
 #: Order of the colour operations in :attr:`AugParams.jitter_order`, as torchvision's ColorJitter.
 JITTER_OPS = ("brightness", "contrast", "saturation", "hue")
 
@@ -201,63 +197,13 @@ def _draw_crop(u: list[float], height: int, width: int, scale: tuple[float, floa
     return (height - h) // 2, (width - w) // 2, h, w
 
 
-# ------------------------------------------------------------------------------------ decoding
-_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
-
-
-def image_size(data: bytes) -> tuple[int, int]:
-    """(height, width) of an encoded image from its header (JPEG SOF segment, else PIL)."""
-    if data[:2] == b"\xff\xd8":
-        i, n = 2, len(data)
-        while i + 9 < n and data[i] == 0xFF:
-            marker = data[i + 1]
-            if marker in _SOF_MARKERS:
-                return (data[i + 5] << 8) | data[i + 6], (data[i + 7] << 8) | data[i + 8]
-            if marker == 0xFF:  # fill byte
-                i += 1
-                continue
-            i += 2 + ((data[i + 2] << 8) | data[i + 3])
-    with Image.open(io.BytesIO(data)) as im:
-        return im.size[1], im.size[0]
-
-
-def _pil_decode(data: bytes) -> torch.Tensor:
-    with Image.open(io.BytesIO(data)) as im:
-        return torch.from_numpy(np.asarray(im.convert("RGB"))).permute(2, 0, 1)
-
-
-def _tv_decode(data: bytes) -> torch.Tensor:
-    # torchvision ≥ 0.29 warns that its image decoders are deprecated (for TorchCodec); they
-    # remain the fastest libjpeg-turbo path here, and _decoder() falls back to PIL without them
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        return decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8),
-                            ImageReadMode.RGB)
-
-
-@functools.cache
-def _decoder() -> Callable[[bytes], torch.Tensor]:
-    """torchvision's decoder when it works in this install, else PIL's (same libjpeg)."""
-    if decode_image is None:
-        return _pil_decode
-    probe = io.BytesIO()
-    Image.new("RGB", (8, 8), (200, 30, 60)).save(probe, format="JPEG")
-    try:
-        _tv_decode(probe.getvalue())
-    except (RuntimeError, OSError):
-        return _pil_decode
-    return _tv_decode
-
-
-def decode_rgb(data: bytes) -> torch.Tensor:
-    """Decode JPEG/PNG bytes to a uint8 (3, H, W) tensor (libjpeg-turbo for JPEG)."""
-    return _decoder()(data)
-
-
+# ---------------------------------------------------------------- reduced-size decoding
 def _draft_scale(params: AugParams) -> int:
-    """The largest JPEG DCT scale 1/s (s ∈ {8, 4, 2}) that leaves the crop ≥ the output size."""
-    if params.angle != 0.0:
-        return 1
+    """The largest JPEG DCT scale 1/s (s ∈ {8, 4, 2}) that leaves the crop ≥ the output size.
+
+    A rotation does not prevent it: a rotation about the image centre commutes with a uniform
+    downscale about that centre, so rotating the 1/s image about *its* centre and cropping
+    ``crop / s`` samples the same geometry (:func:`load_view`)."""
     _, _, ch, cw = params.crop
     room = min(ch / params.size[0], cw / params.size[1])
     for s in (8, 4, 2):
@@ -270,7 +216,9 @@ def load_view(data: bytes, params: AugParams) -> torch.Tensor:
     """Decode ``data`` and apply ``params``; with a large crop, decode at 1/2, 1/4 or 1/8 size.
 
     The reduced decode changes the result only by the difference between libjpeg's DCT scaling
-    and the antialiased bilinear resize over the same box (a few grey levels).
+    and the antialiased bilinear resize over the same box (a few grey levels). With a rotation,
+    the 1/s image is rotated about its own centre (the same point of the scene), nearest
+    sampling and black fill as at full size, before the box is cropped at 1/s.
     """
     s = _draft_scale(params)
     if s == 1 or data[:2] != b"\xff\xd8":
@@ -280,6 +228,11 @@ def load_view(data: bytes, params: AugParams) -> torch.Tensor:
     im = im.convert("RGB")
     # DCT scaling maps 8×8 blocks to (8/s)×(8/s): coordinates scale by exactly 1/s
     scale = round(params.image_size[1] / im.size[0])
+    if params.angle != 0.0:
+        w, h = im.size
+        im = im.transform((w, h), Image.Transform.AFFINE,
+                          _inverse_rotation(params.angle, w * 0.5, h * 0.5),
+                          resample=Image.Resampling.NEAREST, fillcolor=(0, 0, 0))
     top, left, ch, cw = params.crop
     box = (left / scale, top / scale, (left + cw) / scale, (top + ch) / scale)
     out = im.resize((params.size[1], params.size[0]), Image.Resampling.BILINEAR, box=box)
@@ -321,8 +274,10 @@ _NATIVE_UINT8_BILINEAR = (torch.backends.cpu.get_cpu_capability() in ("AVX2", "A
 def _geometric(img: torch.Tensor, p: AugParams) -> torch.Tensor:
     """Rotation (nearest, black fill) → crop → antialiased bilinear resize → flip, on uint8."""
     top, left, ch, cw = p.crop
-    src = _rotated(img, p.angle) if p.angle != 0.0 else img
-    region = src[:, top:top + ch, left:left + cw]
+    if p.angle != 0.0:  # only the crop's pixels of the rotated image are computed
+        region = _rotated(img, p.angle, (top, left, ch, cw))
+    else:
+        region = img[:, top:top + ch, left:left + cw]
     if (ch, cw) != p.size:
         if _NATIVE_UINT8_BILINEAR:  # what torchvision's resize calls here, minus its overhead
             region = torch.nn.functional.interpolate(region.unsqueeze(0), size=list(p.size),
@@ -349,18 +304,26 @@ def _inverse_rotation(angle: float, cx: float, cy: float) -> tuple[float, ...]:
     return tuple(m)
 
 
-def _rotated(img: torch.Tensor, angle: float) -> torch.Tensor:
+def _rotated(img: torch.Tensor, angle: float,
+             box: tuple[int, int, int, int] | None = None) -> torch.Tensor:
     """The image rotated by ``angle`` degrees (counter-clockwise) about its centre, nearest
     sampling, black fill: torchvision's ``affine`` on a PIL image (the official pipeline's input
     type), run as PIL's C loop directly (torchvision's tensor kernel, grid_sample, is ~8× slower
-    here and rounds ties differently)."""
+    here and rounds ties differently).
+
+    With ``box`` = (top, left, height, width) only that window is returned, and PIL samples only
+    the rectangle from the origin to the box's far corner: its coordinates are accumulated from
+    the origin as for the whole image, so every pixel is bit-identical to the full rotation's
+    (a window shifted into the matrix would round nearest-sampling ties differently).
+    """
     height, width = int(img.shape[-2]), int(img.shape[-1])
+    top, left, h, w = box if box is not None else (0, 0, height, width)
     hwc = np.ascontiguousarray(img.permute(1, 2, 0).numpy())
     pil = Image.frombuffer("RGB", (width, height), hwc, "raw", "RGB", 0, 1)
-    out = pil.transform((width, height), Image.Transform.AFFINE,
+    out = pil.transform((left + w, top + h), Image.Transform.AFFINE,
                         _inverse_rotation(angle, width * 0.5, height * 0.5),
                         resample=Image.Resampling.NEAREST, fillcolor=(0, 0, 0))
-    return torch.from_numpy(np.array(out)).permute(2, 0, 1)
+    return torch.from_numpy(np.array(out)[top:, left:]).permute(2, 0, 1)
 
 
 def _photometric(u8: torch.Tensor, p: AugParams) -> torch.Tensor:
@@ -368,113 +331,21 @@ def _photometric(u8: torch.Tensor, p: AugParams) -> torch.Tensor:
     x = u8.to(torch.float32, memory_format=torch.contiguous_format).mul_(1.0 / 255.0)
     for op in p.jitter_order:
         if op == 0:
-            _brightness_(x, p.brightness)
+            brightness_(x, p.brightness)
         elif op == 1:
-            _contrast_(x, p.contrast)
+            contrast_(x, p.contrast)
         elif op == 2:
-            _saturation_(x, p.saturation)
+            saturation_(x, p.saturation)
         else:
-            x = _hue(x, p.hue)
+            x = hue(x, p.hue)
     if p.gray:
-        x = _gray(x).unsqueeze(0)
+        x = gray(x).unsqueeze(0)
     if p.blur_kernel:
-        x = _blur(x, p.blur_kernel, p.blur_sigma)
+        x = blur(x, p.blur_kernel, p.blur_sigma)
     x = x.sub_(0.5)
     if x.shape[0] == 1:
         x = x.expand(3, -1, -1).contiguous()
     return x
-
-
-_GRAY = torch.tensor(GRAY_WEIGHTS)
-
-
-def _gray(x: torch.Tensor) -> torch.Tensor:
-    r, g, b = x.unbind(0)
-    return r.mul(GRAY_WEIGHTS[0]).add_(g, alpha=GRAY_WEIGHTS[1]).add_(b, alpha=GRAY_WEIGHTS[2])
-
-
-def _brightness_(x: torch.Tensor, factor: float) -> None:
-    x.mul_(factor)
-    if factor > 1.0:
-        x.clamp_(max=1.0)
-
-
-def _contrast_(x: torch.Tensor, factor: float) -> None:
-    mean = torch.dot(x.mean(dim=(1, 2)), _GRAY)  # the mean of the grayscale image
-    x.lerp_(mean, 1.0 - factor)
-    if factor > 1.0:  # a convex combination of values in [0, 1] needs no clamp
-        x.clamp_(0.0, 1.0)
-
-
-def _saturation_(x: torch.Tensor, factor: float) -> None:
-    x.lerp_(_gray(x).unsqueeze(0).expand_as(x), 1.0 - factor)
-    if factor > 1.0:
-        x.clamp_(0.0, 1.0)
-
-
-# per-channel constants of the hue formula (R, G, B); see _hue
-_HUE_CENTRE = torch.tensor([3.0, 2.0, 1.0]).view(3, 1, 1)
-_HUE_SLOPE = torch.tensor([1.0, -1.0, 1.0]).view(3, 1, 1)
-_HUE_OFFSET = torch.tensor([-2.0, 1.0, -2.0]).view(3, 1, 1)
-
-
-def _hue(x: torch.Tensor, factor: float) -> torch.Tensor:
-    """HSV hue rotation by ``factor`` turns, as torchvision's rgb→hsv→rgb round trip.
-
-    Value (max) and chroma (max − min) do not change. With h the shifted hue in sextants, wrapped
-    to [−1, 5), the channels are max − chroma·clamp(a_k − s_k·|h − c_k|, 0, 1) with c = (3, 2, 1),
-    s = (1, −1, 1), a = (2, −1, 2) for R, G, B (HSV→RGB's trapezoids). The max channel is
-    selected with 0/1 float masks floor(1 + x − max) (float compares are slow on CPU); ties go to
-    r, then g, as in torchvision (the hue is continuous there anyway).
-    """
-    r, g, b = x.unbind(0)
-    mx = torch.maximum(torch.maximum(r, g), b)
-    chroma = mx - torch.minimum(torch.minimum(r, g), b)
-    inv = chroma.clamp(min=1e-12).reciprocal_()
-    shift = 6.0 * factor
-    h = (r - g).mul_(inv).add_(4.0 + shift)  # max = b
-    h.lerp_((b - r).mul_(inv).add_(2.0 + shift), (g - mx).add_(1.0).floor_())  # max = g
-    h.lerp_((g - b).mul_(inv).add_(shift), (r - mx).add_(1.0).floor_())  # max = r
-    h.sub_((h + 1.0).mul_(1.0 / 6.0).floor_().mul_(6.0))  # wrap to [−1, 5)
-    t = torch.sub(h, _HUE_CENTRE).abs_()
-    t = t.mul_(_HUE_SLOPE).add_(_HUE_OFFSET).clamp_(-1.0, 0.0)
-    return t.mul_(chroma).add_(mx)
-
-
-def _gauss1d(kernel: int, sigma: float) -> torch.Tensor:
-    """torchvision's normalised 1-D Gaussian kernel (float32)."""
-    lim = (kernel - 1) / (2.0 * math.sqrt(2.0))
-    xs = torch.linspace(-lim, lim, steps=kernel, dtype=torch.float32)
-    return torch.softmax(xs.div(sigma).pow(2).neg(), dim=0)
-
-
-_CONV_MIN_KERNEL = 11  # from this size the row pass is one depthwise conv1d, else shifted adds
-
-
-def _blur(x: torch.Tensor, kernel: int, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur with reflect padding (torchvision's GaussianBlur as 2 × 1-D)."""
-    wt = _gauss1d(kernel, sigma)
-    w = wt.tolist()
-    r = kernel // 2
-    c, height, width = x.shape
-    if r >= min(height, width):
-        raise ValueError(f"blur kernel {kernel} is too large for a {height}×{width} image")
-    xp = torch.nn.functional.pad(x.unsqueeze(0), (r, r, 0, 0), mode="reflect")[0]
-    if kernel >= _CONV_MIN_KERNEL:  # rows as channels of a depthwise 1-D convolution
-        rows = xp.view(1, c * height, width + 2 * r)
-        y = torch.nn.functional.conv1d(rows, wt.view(1, 1, -1).expand(c * height, 1, kernel),
-                                       groups=c * height).view(c, height, width)
-    else:
-        y = xp[..., r:r + width] * w[r]
-        for i in range(1, r + 1):
-            y.add_(xp[..., r - i:r - i + width], alpha=w[r - i])
-            y.add_(xp[..., r + i:r + i + width], alpha=w[r + i])
-    yp = torch.nn.functional.pad(y.unsqueeze(0), (0, 0, r, r), mode="reflect")[0]
-    z = yp[:, r:r + height] * w[r]
-    for i in range(1, r + 1):
-        z.add_(yp[:, r - i:r - i + height], alpha=w[r - i])
-        z.add_(yp[:, r + i:r + i + height], alpha=w[r + i])
-    return z
 
 
 # ------------------------------------------------------------------ torchvision reference

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from contra.queue import _gather, _world
+from contra.collectives import all_gather_list, world_size
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +35,8 @@ log = logging.getLogger(__name__)
 def embedding_stats(q: Tensor, group=None) -> dict[str, Tensor]:
     """``emb_std_ratio`` and ``cos_unrelated`` of this step's queries, over all ranks' rows."""
     q = q.detach().to(torch.promote_types(q.dtype, torch.float32))
-    if _world(group)[1] > 1:
-        q = torch.cat(_gather(q.contiguous(), group))
+    if world_size(group) > 1:
+        q = torch.cat(all_gather_list(q.contiguous(), group))
     n, d = q.shape
     q = torch.nn.functional.normalize(q, dim=1)
     std_ratio = q.std(dim=0).mean() * math.sqrt(d)

@@ -4,12 +4,18 @@ Every stage (demo, evaluation, pretraining, fine-tuning) declares its config as 
 and loads it through :func:`load_config`, so all of them share one behaviour: an unknown key, a
 wrong type or a missing required field stops the run at start-up with a one-line error naming the
 file (or the override) and the dotted key, and the resolved config is written beside the outputs.
+
+A file may start from another: a top-level ``extends: base.yaml`` (relative to the file naming it)
+deep-merges the file over its base (mappings key by key; lists and scalars replace), bases may
+extend further bases, and errors name the file a key came from. Overrides apply last; the
+resolved config has no ``extends``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -87,16 +93,99 @@ def _set_dotted(tree: dict[str, Any], dotted: str, value: Any, source: str) -> N
 
 def load_config(cls: type[T], path: str | Path | None = None,
                 overrides: Sequence[str] | Mapping[str, Any] = ()) -> T:
-    """Build ``cls`` from a YAML file (optional) plus dotted overrides, validating every key."""
+    """Build ``cls`` from a YAML file (optional, with its ``extends`` chain) plus dotted
+    overrides, validating every key."""
     source = str(path) if path is not None else "defaults"
-    tree = _read_yaml(Path(path)) if path is not None else {}
+    files: dict[str, str] = {}
+    tree = _read_extended(Path(path), (), files) if path is not None else {}
     parsed = overrides if isinstance(overrides, Mapping) else parse_overrides(overrides)
     items = parsed.items()
     origin: dict[str, str] = {}
     for dotted, value in items:
         _set_dotted(tree, dotted, value, "command line")
         origin[dotted] = f"command line override '{dotted}'"
-    return _build(cls, tree, "", _Sources(source, origin))
+    return _build(cls, tree, "", _Sources(source, origin, files))
+
+
+EXTENDS = "extends"
+_MAX_CHAIN = 32  # files in one extends chain (a guard; cycles are refused by name)
+
+
+def read_tree(path: str | Path) -> dict[str, Any]:
+    """A config file's raw tree with its ``extends`` chain merged in: what :func:`load_config`
+    builds the dataclass from (before overrides); errors as load_config's."""
+    return _read_extended(Path(path), (), {})
+
+
+def _read_extended(path: Path, chain: tuple[tuple[Path, Path], ...],
+                   files: dict[str, str]) -> dict[str, Any]:
+    """``path``'s tree merged over the tree of the file its ``extends`` names (recursively);
+    ``chain``: the (file, its identity) pairs extending this one; ``files`` gets, for each
+    dotted key, the file that set it last (for error messages)."""
+    tree = _read_yaml(path)
+    chain = (*chain, (path, _identity(path)))
+    if EXTENDS in tree:
+        base = _base_path(path, tree.pop(EXTENDS))
+        if _identity(base) in (identity for _, identity in chain):
+            loop = " -> ".join(str(p) for p in (*(p for p, _ in chain), base))
+            raise ConfigError(f"{path}: '{EXTENDS}': cycle of extended files ({loop})")
+        if len(chain) >= _MAX_CHAIN:
+            raise ConfigError(f"{path}: '{EXTENDS}': more than {_MAX_CHAIN} files in the chain")
+        under = _read_extended(base, chain, files)
+        try:
+            merged = _merge(under, tree)
+        except RecursionError:
+            raise ConfigError(f"{path}: '{EXTENDS}': sections nested too deeply to merge") from None
+    else:
+        merged = tree
+    _record(tree, str(path), files)  # after the base's: this file's keys win
+    return merged
+
+
+def _base_path(path: Path, value: Any) -> Path:
+    """The file an ``extends`` value names, relative to the file ``path`` naming it; checked."""
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{path}: '{EXTENDS}': expected a base config's path (a non-empty "
+                          f"str), got {type(value).__name__} ({value!r})")
+    base = path.parent / value
+    try:  # is_file is False for a NUL in the name, but raises for one too long
+        why = None if base.is_file() else "not a file" if base.exists() else "no such file"
+    except OSError as exc:
+        why = exc.strerror or "unreadable path"
+    if why:
+        raise ConfigError(f"{path}: '{EXTENDS}': cannot read base config {base} ({why})")
+    return base
+
+
+def _identity(path: Path) -> Path:
+    """One name per file, whatever the path spelling (symlinks followed), to find cycles."""
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError, ValueError):  # a symlink loop; then the spelling decides
+        return Path(os.path.abspath(path))
+
+
+def _merge(base: dict[Any, Any], over: dict[Any, Any]) -> dict[Any, Any]:
+    """``over`` deep-merged onto ``base``: mappings key by key, anything else replaces."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _record(tree: dict[Any, Any], source: str, files: dict[str, str]) -> None:
+    """``files[dotted] = source`` for every key of ``tree``, sections and leaves."""
+    stack: list[tuple[str, dict[Any, Any]]] = [("", tree)]
+    while stack:  # iterative: a file's nesting may be as deep as YAML's parser allows
+        prefix, node = stack.pop()
+        for key, value in node.items():
+            dotted = prefix + str(key)
+            files[dotted] = source
+            if isinstance(value, dict):
+                stack.append((dotted + ".", value))
 
 
 @dataclasses.dataclass
@@ -105,11 +194,18 @@ class _Sources:
 
     default: str
     overrides: dict[str, str]
+    files: dict[str, str] = dataclasses.field(default_factory=dict)  # key -> file (extends)
 
     def name(self, dotted: str) -> str:
         for key, label in self.overrides.items():
-            if dotted == key or dotted.startswith(key + ".") or key.startswith(dotted + "."):
+            if (dotted == key or dotted.startswith((key + ".", key + "["))
+                    or key.startswith(dotted + ".")):
                 return label
+        key = dotted
+        while key:  # the key, else its nearest section, as the files set them
+            if key in self.files:
+                return self.files[key]
+            key = key[:max(key.rfind("."), key.rfind("["), 0)]
         return self.default
 
 

@@ -39,9 +39,9 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from contra.atomic import replacing, write_text_atomic
-from contra.augment import decode_rgb
 from contra.checkpoint import CheckpointError, load_checkpoint
 from contra.config import ConfigError, load_config
+from contra.data.decode import decode_rgb
 from contra.data.errors import DataFormatError
 from contra.data.hanco import N_CAMERAS, N_KEYPOINTS, SUBSET_FOLDERS, HanCo, image_path
 from contra.nets import EmbedNet

@@ -30,7 +30,7 @@ from torch import nn
 
 from contra.checkpoint import CheckpointError, load_checkpoint
 from contra.config import ConfigError
-from contra.nets import ManoNet, _is_backbone, transfer_backbone
+from contra.nets import ManoNet, is_backbone, transfer_backbone
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +154,7 @@ def _is_weight(value: Any) -> bool:
 
 def _transfer(weights: dict[Any, Any], net: ManoNet, path: Path) -> int:
     weights = {k: v for k, v in weights.items() if isinstance(k, str) and _is_weight(v)}
-    expected = sum(1 for k in net.state_dict() if _is_backbone(k))
+    expected = sum(1 for k in net.state_dict() if is_backbone(k))
     try:
         n = transfer_backbone(weights, net)
     except ValueError:
@@ -164,7 +164,7 @@ def _transfer(weights: dict[Any, Any], net: ManoNet, path: Path) -> int:
     if n < expected:
         raise CheckpointError(f"{path}: only {n} of {expected} {net.arch} backbone tensors match "
                               f"by name and shape (another architecture? set model.arch)")
-    bad = next((k for k, v in net.state_dict().items() if _is_backbone(k)
+    bad = next((k for k, v in net.state_dict().items() if is_backbone(k)
                 and v.is_floating_point() and not torch.isfinite(v).all()), None)
     if bad is not None:
         raise CheckpointError(f"{path}: backbone tensor '{bad}' has NaN or infinite values")

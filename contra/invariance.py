@@ -176,7 +176,7 @@ def save_pairs_figure(path: Path | str, pairs: PairSet, root: Path, examples: in
     from matplotlib.figure import Figure
 
     from contra.embedding import read_image
-    from contra.tracking import save_png
+    from contra.plotting import save_png
 
     assert pairs.cosines is not None, "embed first (cosine_pairs)"
     complete = np.flatnonzero(np.all([pairs.valid[r] for r in RELATIONS], axis=0))

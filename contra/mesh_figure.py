@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from contra.data.synth.render import rasterize, shade
-from contra.tracking import save_png
+from contra.plotting import save_png
 
 _LIGHT = np.array([0.3, -0.5, -1.0])
 _ALPHA = 0.65

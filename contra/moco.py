@@ -39,8 +39,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from contra.collectives import all_gather_list, rank_and_world, world_size
 from contra.nets import EmbedNet
-from contra.queue import _gather, _world
 
 
 class MoCo(nn.Module):
@@ -67,7 +67,7 @@ class MoCo(nn.Module):
     def _draw_permutation(self, n: int, device: torch.device) -> Tensor:
         """A random permutation of 0..n−1 from the model's generator; rank 0's under DDP."""
         perm = torch.randperm(n, generator=self.generator).to(device)
-        if _world(self.group)[1] > 1:
+        if world_size(self.group) > 1:
             src = 0 if self.group is None else dist.get_global_rank(self.group, 0)
             dist.broadcast(perm, src=src, group=self.group)
         return perm
@@ -82,12 +82,12 @@ class MoCo(nn.Module):
     @torch.no_grad()
     def shuffled_keys(self, im_k: Tensor) -> Tensor:
         """Shuffle-BN: encode a permuted global batch, return this rank's keys in order."""
-        rank, world = _world(self.group)
+        rank, world = rank_and_world(self.group)
         b = len(im_k)
-        x = torch.cat(_gather(im_k, self.group)) if world > 1 else im_k
+        x = torch.cat(all_gather_list(im_k, self.group)) if world > 1 else im_k
         perm = self._draw_permutation(len(x), x.device)
         k = self._encode_keys(x[perm[rank * b:(rank + 1) * b]])
-        k = torch.cat(_gather(k, self.group)) if world > 1 else k
+        k = torch.cat(all_gather_list(k, self.group)) if world > 1 else k
         return k[perm.argsort()[rank * b:(rank + 1) * b]]
 
     def forward(self, im_q: Tensor, im_k: Tensor) -> tuple[Tensor, Tensor]:

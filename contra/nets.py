@@ -187,7 +187,7 @@ def _strip_prefix(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return sd
 
 
-def _is_backbone(key: str) -> bool:
+def is_backbone(key: str) -> bool:
     return key.split(".", 1)[0] in BACKBONE_KEYS
 
 
@@ -197,7 +197,7 @@ def export_torchvision(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
     Loading it into the matching ``torchvision.models.resnetXX()`` with ``strict=False`` leaves
     exactly ``fc.weight`` and ``fc.bias`` missing and nothing unexpected.
     """
-    out = {k: v for k, v in _strip_prefix(state_dict).items() if _is_backbone(k)}
+    out = {k: v for k, v in _strip_prefix(state_dict).items() if is_backbone(k)}
     if not out:
         raise ValueError("no backbone keys (conv1/bn1/layer1-4) found in the state dict")
     return out
@@ -218,7 +218,7 @@ def export_contra_hand(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
         elif k.startswith("fc.2."):
             k = "fc2." + k.removeprefix("fc.2.")
         renamed[k] = v
-    out = {k: v for k, v in renamed.items() if _is_backbone(k)}
+    out = {k: v for k, v in renamed.items() if is_backbone(k)}
     for name in ("fc.weight", "fc.bias", "fc2.weight", "fc2.bias"):
         if name not in renamed:
             raise ValueError(f"embed head key {name!r} missing from the state dict")
@@ -240,7 +240,7 @@ def transfer_backbone(src_state: Mapping[str, Tensor], dst_model: nn.Module) -> 
     """
     src = _strip_prefix(src_state)
     dst = dst_model.state_dict()
-    clash = [k for k in src if _is_backbone(k) and k in dst and dst[k].shape != src[k].shape]
+    clash = [k for k in src if is_backbone(k) and k in dst and dst[k].shape != src[k].shape]
     if clash:  # e.g. a small-stem encoder into an imagenet-stem regressor: never half a backbone
         raise ValueError(f"transfer_backbone: backbone key {clash[0]!r} has shape "
                          f"{tuple(src[clash[0]].shape)} in the source but "

@@ -48,15 +48,8 @@ import torch
 from PIL import Image
 from scipy.ndimage import gaussian_filter, minimum_filter
 
-from contra.augment import (
-    Augmentation,
-    AugmentSpec,
-    AugParams,
-    augment_spec,
-    decode_rgb,
-    image_size,
-    load_view,
-)
+from contra.augment import Augmentation, AugmentSpec, AugParams, augment_spec, load_view
+from contra.data.decode import decode_rgb, image_size
 from contra.data.errors import DataFormatError
 from contra.data.hanco import N_CAMERAS, SUBSET_FOLDERS, HanCo
 from contra.data.retry import LOAD_ERRORS, ImageError, LoadStats, RetryPolicy

@@ -53,12 +53,12 @@ from contra.moco import MoCo
 from contra.moco_step import moco_step, train_step
 from contra.nets import EmbedNet
 from contra.pairs import PairConfig, PairDataset
+from contra.plotting import save_curve
 from contra.preempt import EXIT_PREEMPTED
 from contra.queue import ShardedQueue
 from contra.retrieval import RetrievalConfig, RetrievalMonitor, RetrievalSet, embed, format_report
 from contra.run import CheckpointConfig, Run, RunConfig, check_run_config, run_stage
 from contra.seeding import resolve
-from contra.tracking import save_curve
 
 log = logging.getLogger("contra.pretrain")
 

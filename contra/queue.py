@@ -1,4 +1,4 @@
-"""MoCo negative queue sharded across ranks, and the autograd collectives it needs.
+"""MoCo negative queue sharded across ranks (collectives: :mod:`contra.collectives`).
 
 Rank r holds shard Q_r (S×D, S = K/R). The replicated MoCo queue is the block-interleave of the
 shards in blocks of B: global slot g = (a·R + r)·B + j is row a·B + j of Q_r. The InfoNCE loss is
@@ -16,46 +16,12 @@ first and restarts at 0 (same FIFO eviction order, same set of negatives).
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
+from contra.collectives import all_gather_list, all_gather_with_grad, rank_and_world
 
-def _world(group) -> tuple[int, int]:
-    """(rank, world size) of the group, or (0, 1) without a process group."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return 0, 1
-    return dist.get_rank(group), dist.get_world_size(group)
-
-
-def _gather(x: Tensor, group) -> list[Tensor]:
-    """Plain all_gather (list form) of equally shaped tensors; no autograd."""
-    parts = [torch.empty_like(x) for _ in range(_world(group)[1])]
-    dist.all_gather(parts, x.contiguous(), group=group)
-    return parts
-
-
-class AllGatherWithGrad(torch.autograd.Function):
-    """all_gather on dim 0; its adjoint is reduce-scatter (SUM), so gradients reach their owner."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, group=None) -> Tensor:
-        ctx.group = group
-        return torch.cat(_gather(x, group))
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
-        parts = [g.contiguous() for g in grad.chunk(_world(ctx.group)[1])]
-        mine = torch.empty_like(parts[0])
-        dist.reduce_scatter(mine, parts, op=dist.ReduceOp.SUM, group=ctx.group)
-        return mine, None
-
-
-def all_gather_with_grad(x: Tensor, group=None) -> Tensor:
-    """Concatenate x from every rank (rank order); identity without a process group."""
-    if _world(group)[1] == 1:
-        return x
-    return AllGatherWithGrad.apply(x, group)
+_gather = all_gather_list  # the former private name; tests/test_queue.py still imports it
 
 
 def initial_queue(size: int, dim: int, seed: int) -> Tensor:
@@ -70,7 +36,7 @@ class ShardedQueue:
     def __init__(self, dim: int, size: int, batch_per_rank: int, temperature: float, seed: int,
                  group=None, *, dtype: torch.dtype = torch.float32,
                  device: torch.device | str = "cpu") -> None:
-        self.rank, self.world = _world(group)
+        self.rank, self.world = rank_and_world(group)
         if size % (self.world * batch_per_rank) != 0:
             raise ValueError(
                 f"queue size K={size} must be a multiple of world size × batch per rank = "
@@ -139,7 +105,7 @@ class ShardedQueue:
         """The replicated K×D queue, interleaving the shards; a collective, for checkpoints."""
         if self.world == 1:
             return self.shard.clone()
-        shards = torch.stack(_gather(self.shard, self.group))  # R×S×D
+        shards = torch.stack(all_gather_list(self.shard, self.group))  # R×S×D
         blocks = shards.view(self.world, -1, self.B, self.dim).transpose(0, 1)
         return blocks.reshape(self.K, self.dim)
 

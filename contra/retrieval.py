@@ -13,8 +13,9 @@ third reference (:meth:`RetrievalMonitor.baseline`). This turns the paper's qual
 Keypoints are compared in the world frame, whichever camera an image came from: PA alignment
 removes any rotation, translation and scale, so the camera extrinsics do not matter.
 
-The PA alignment is the official FreiHAND ``align_w_scale`` (:func:`contra.metrics.align_w_scale`,
-reflections allowed, Frobenius norms + 1e-8), re-written here for all N² pairs at once.
+The PA alignment is the official FreiHAND ``align_w_scale`` (reflections allowed, Frobenius norms
+plus 1e-8), computed for all N² pairs by :func:`contra.metrics.pairwise_pa_errors`: the same
+implementation as :func:`contra.metrics.align_w_scale`, broadcast over query × candidate.
 
 Nothing here knows about MLflow, DDP or SLURM: the training loop logs the returned dicts.
 """
@@ -33,6 +34,7 @@ from numpy.typing import ArrayLike, NDArray
 from torch import Tensor, nn
 
 from contra.data.hanco import SUBSET_FOLDERS
+from contra.metrics import pairwise_pa_errors
 from contra.retrieval_set import RetrievalSet, to_network
 
 log = logging.getLogger(__name__)
@@ -42,8 +44,7 @@ __all__ = ["FEATURES", "RetrievalConfig", "RetrievalMonitor", "RetrievalSet", "e
            "to_network"]
 
 FEATURES = ("backbone", "embedding")
-_SCALE_EPS = 1e-8  # as the official align_w_scale (and contra.metrics)
-_PAIRS_PER_CHUNK = 16384  # query×candidate pairs per vectorised block (~8 MB per float64 array)
+_PAIRS_PER_CHUNK = 16384  # query×candidate pairs per vectorised block (~3 MB per float64 plane)
 
 
 @dataclass(frozen=True)
@@ -121,42 +122,17 @@ def embed(encoder: nn.Module, images: Tensor, feature: str = "backbone", batch_s
 
 
 # ------------------------------------------------------------------------- PA errors and metrics
-def _normalised(kp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Centred keypoints divided by their Frobenius norm (+1e-8), and that norm (official)."""
-    centred = kp - kp.mean(axis=1, keepdims=True)
-    norm = np.sqrt(np.einsum("nkc,nkc->n", centred, centred)) + _SCALE_EPS
-    return centred / norm[:, None, None], norm
-
-
 def pa_error_matrix(keypoints: ArrayLike) -> NDArray[np.float64]:
     """(N, N) metres: E[i, j] = mean joint error of frame j PA-aligned onto frame i.
 
     Equal to ``mean(norm(kp_i − align_w_scale(kp_i, kp_j)), joints)`` for every pair. Not
     symmetric (the error is measured in query i's scale). All N² 3×3 SVDs run batched in
-    float64, in blocks of query rows to bound memory.
+    float64 (:func:`contra.metrics.pairwise_pa_errors`), in blocks of query rows to bound memory.
     """
     kp = np.asarray(keypoints, dtype=np.float64)
     if kp.ndim != 3 or kp.shape[2] != 3:
         raise ValueError(f"keypoints must have shape (N, K, 3), got {kp.shape}")
-    hat, norm = _normalised(kp)
-    n = len(kp)
-    out = np.empty((n, n))
-    rows = max(1, _PAIRS_PER_CHUNK // max(n, 1))
-    for lo in range(0, n, rows):
-        out[lo:lo + rows] = _error_block(hat[lo:lo + rows], norm[lo:lo + rows], hat)
-    return out
-
-
-def _error_block(a_hat: np.ndarray, a_norm: np.ndarray, b_hat: np.ndarray) -> np.ndarray:
-    """(Q, N) errors of every candidate in ``b_hat`` aligned onto every query in ``a_hat``."""
-    cross = np.einsum("qka,nkb->qnab", a_hat, b_hat, optimize=True)  # Âᵀ B̂ per pair
-    u, sigma, vt = np.linalg.svd(cross)
-    rotation = u @ vt  # may be a reflection, as the official code allows
-    scale = sigma.sum(axis=-1)
-    aligned = np.einsum("nkb,qnab->qnka", b_hat, rotation, optimize=True) * scale[..., None, None]
-    residual = a_hat[:, None] - aligned  # in units of the query's norm
-    dist = np.sqrt(np.einsum("qnkc,qnkc->qnk", residual, residual))
-    return dist.mean(axis=-1) * a_norm[:, None]
+    return pairwise_pa_errors(kp, kp, block_pairs=_PAIRS_PER_CHUNK)
 
 
 def nearest_other(embeddings: Tensor | ArrayLike, sequences: ArrayLike) -> NDArray[np.intp]:

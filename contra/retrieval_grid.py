@@ -17,7 +17,7 @@ from numpy.typing import NDArray
 
 from contra.embedding import EmbeddingTable, read_image
 from contra.neighbours import pair_pa_mm
-from contra.tracking import save_png
+from contra.plotting import save_png
 
 __all__ = ["GridRow", "grid_rows", "pick_queries", "save_retrieval_grid"]
 

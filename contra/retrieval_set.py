@@ -20,7 +20,7 @@ from numpy.typing import NDArray
 from torch import Tensor
 from torchvision.transforms import InterpolationMode
 
-from contra.augment import decode_rgb
+from contra.data.decode import decode_rgb
 from contra.data.errors import DataFormatError
 from contra.data.hanco import N_CAMERAS, N_KEYPOINTS, SUBSET_FOLDERS, HanCo, xyz_path
 

@@ -52,7 +52,7 @@ from contra.preempt import EXIT_PREEMPTED, PreemptionFlag
 from contra.rundir import RunDir
 from contra.seeding import seed_everything
 from contra.stage import CheckpointConfig, Progress, RunConfig, Stage, check_run_config
-from contra.tracking import Tracker, runs_view_url
+from contra.tracking import Tracker
 
 __all__ = ["CheckpointConfig", "Progress", "Run", "RunConfig", "Stage", "check_run_config",
            "run_stage"]
@@ -80,7 +80,7 @@ class Run:
         self.ckpt = CheckpointManager(cfg.run_dir, cfg.checkpoint.keep_every)
         self.progress = Progress()
         self.run_id: str | None = None
-        self.tracker: Tracker | None = None
+        self.tracker = Tracker.disabled()  # rank 0's real one from start_tracking
         self.stats: dict[str, float] = {}
         self.steps_per_epoch = 0
         self.loads = RunLoads(self.world)  # skipped loads over all ranks, since step 0
@@ -146,7 +146,8 @@ class Run:
             "epoch": p.epoch, "step": p.step, "step_in_epoch": p.step_in_epoch,
             "rng": self._rng_states(stage), "sampler_seed": self.cfg.seed,
             "world_size": self.world, "config": to_dict(self.cfg),
-            "mlflow_run_id": self.tracker.run_id if self.tracker else self.run_id,
+            # untracked, the run id resumed from the checkpoint or mlflow_run file is kept
+            "mlflow_run_id": self.tracker.run_id if self.tracker.enabled else self.run_id,
             "history": p.history, "loads": self.loads.state_dict(),
         }
 
@@ -235,8 +236,7 @@ class Run:
 
     def log_metrics(self, metrics: dict[str, float]) -> None:
         """Rank 0's metrics at the current step (no-op without tracking)."""
-        if self.tracker:
-            self.tracker.log_metrics(metrics, step=self.progress.step)
+        self.tracker.log_metrics(metrics, step=self.progress.step)
 
     def finish(self, stage: Stage, code: int) -> None:
         """Rank 0: the stage's artifacts, the MLflow run closed, ``run.json`` written."""
@@ -246,15 +246,10 @@ class Run:
         summary: dict[str, Any] = {"run_dir": str(self.dir.root.resolve()), "exit_code": code,
                                    "epoch": self.progress.epoch, "step": self.progress.step,
                                    **self.loads.summary(), **extra}
-        if self.tracker is not None:
-            for path in (self.dir.config, *artifacts):
-                self.tracker.log_artifact(path)
-            self.tracker.close("FINISHED" if code == 0 else "KILLED")
-            summary.update(tracking_uri=self.tracker.uri, mlflow_run_id=self.tracker.run_id,
-                           mlflow_ui=Tracker.ui_command(self.tracker.uri))
-            if self.tracker.experiment_id is not None:
-                summary["mlflow_url"] = runs_view_url(self.tracker.uri,
-                                                      self.tracker.experiment_id)
+        for path in (self.dir.config, *artifacts):
+            self.tracker.log_artifact(path)
+        self.tracker.close("FINISHED" if code == 0 else "KILLED")
+        summary.update(self.tracker.summary())  # nothing when untracked
         write_text_atomic(self.dir.summary, json.dumps(summary, indent=1))
 
     # ------------------------------------------------------------------------------ loop
@@ -381,8 +376,7 @@ def _run(cfg: RunConfig, build: Callable[[Run], Stage], env: cdist.DistEnv,
         run.seed_rng(stage, rng_states)
         code = run.train(stage)
     except BaseException:
-        if run.tracker is not None:  # the MLflow run says what happened
-            run.tracker.close("FAILED", timeout=10.0)
+        run.tracker.close("FAILED", timeout=10.0)  # the MLflow run says what happened
         raise
     run.finish(stage, code)
     if code == EXIT_PREEMPTED:

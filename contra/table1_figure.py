@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from contra.plotting import save_png
 from contra.table1 import METRICS, Metric, TableRow
-from contra.tracking import save_png
 
 
 def _bars(ax: Any, rows: Sequence[TableRow], metric: Metric, offset: float, width: float,

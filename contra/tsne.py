@@ -21,7 +21,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from contra.data.hanco import SUBSET_FOLDERS
 from contra.metrics import align_w_scale
-from contra.tracking import save_png
+from contra.plotting import save_png
 
 __all__ = ["pose_clusters", "save_tsne_figure", "tsne_2d"]
 

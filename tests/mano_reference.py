@@ -33,6 +33,16 @@ def rot6d(a: np.ndarray) -> np.ndarray:
     return np.stack([x, y, z], axis=1)
 
 
+def rotproj(m: np.ndarray) -> np.ndarray:
+    """manopth's rotmat-mode rule for one 3x3: R = U Vᵀ from numpy's SVD; if det R < 0, negate
+    R's last column (``rotmat[:, 2] = -1 * rotmat[:, 2]`` in manopth/rotproj.py)."""
+    u, _, vt = np.linalg.svd(np.asarray(m, dtype=np.float64))
+    r = u @ vt
+    if np.linalg.det(r) < 0:
+        r[:, 2] = -r[:, 2]
+    return r
+
+
 def forward_one(m: ManoModel, rotations: list[np.ndarray], betas: np.ndarray,
                 tips: tuple[int, ...], keypoints: str) -> tuple[np.ndarray, np.ndarray]:
     """One hand: 16 rotation matrices (root first) and 10 betas → (verts 778×3, kp 21×3)."""

@@ -21,22 +21,12 @@ import torch
 from PIL import Image
 
 from contra.augment import decode_rgb
+from contra.data.crops import CropParams, apply_crop, crop_matrix, draw_crop, full_crop, load_crop
 from contra.data.errors import DataFormatError
 from contra.data.freihand import FreiHAND
 from contra.data.hanco import HanCo, project_points, world_to_camera
 from contra.data.retry import ImageError
-from contra.data.supervised import (
-    NORMALISATIONS,
-    CropParams,
-    Sample,
-    SupervisedDataConfig,
-    SupervisedDataset,
-    apply_crop,
-    crop_matrix,
-    draw_crop,
-    full_crop,
-    load_crop,
-)
+from contra.data.supervised import NORMALISATIONS, Sample, SupervisedDataConfig, SupervisedDataset
 
 SEEDS = range(50)
 MASK_TOLERANCE_PX = 1.5

@@ -2,7 +2,8 @@
 
 Each stage's own loader runs (``contra.pretrain.load``, ``contra.finetune.load``: load_config plus
 the stage's checks; ``load_config(DemoConfig)`` as ``contra demo`` does): it returns a config whose
-floats are finite and ints fit in 64 bits, or one line names the file or the override.
+floats are finite and ints fit in 64 bits, or one line names the file or the override (for a file
+that ``extends`` a base: the file the bad key came from).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from contra import finetune, pretrain
-from contra.config import load_config
+from contra.config import EXTENDS, load_config, read_tree
 from contra.demo import DemoConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,7 +39,10 @@ LOADERS: dict[str, tuple[type, Callable[[Path | None, list[str]], Any]]] = {
     "configs/finetune/fixed.yaml": (finetune.FinetuneConfig, finetune.load),
     "configs/demo.yaml": (DemoConfig, _demo),
 }
-TREES = {name: yaml.safe_load((ROOT / name).read_text()) for name in LOADERS}
+# the files' trees with their extends chains merged: a scratch copy has no base beside it
+TREES = {name: read_tree(ROOT / name) for name in LOADERS}
+# a config that extends a base -> that base (test_extended_file mutates both)
+EXTENDED = {"configs/finetune/fixed.yaml": "configs/finetune/base.yaml"}
 
 
 def dotted_keys(cls: type, prefix: str = "") -> Iterator[str]:
@@ -94,12 +98,14 @@ def _yaml_bytes(tree: Any) -> st.SearchStrategy[bytes]:
 
 
 #: errors about the file or an override as a whole; every other error names a key
-FILE_LEVEL = ("malformed YAML", "top level", "not of the form", "UTF-8", "cannot read")
+FILE_LEVEL = ("malformed YAML", "top level", "not of the form", "UTF-8", "cannot read",
+              f"'{EXTENDS}'")
 
 
-def _check(name: str, path: Path, extra: list[str]) -> None:
+def _check(name: str, path: Path, extra: list[str], files: tuple[Path, ...] = ()) -> None:
+    """``files``: those besides ``path`` an error may name (its bases)."""
     cls, load = LOADERS[name]
-    ok, got = outcome(lambda: load(path, extra), (path, "command line"))
+    ok, got = outcome(lambda: load(path, extra), (path, *files, "command line"))
     if ok:
         sane(got)
     else:
@@ -131,6 +137,24 @@ def test_overrides(name: str, data: st.DataObject) -> None:
     extra = data.draw(overrides(LOADERS[name][0]), label="overrides")
     count(f"config overrides {name}")
     _check(name, ROOT / name, extra)
+
+
+@pytest.mark.parametrize("name", list(EXTENDED))
+@fuzz(100)
+@given(data=st.data())
+def test_extended_file(name: str, data: st.DataObject) -> None:
+    """A mutated base under the shipped file, or the file itself mutated (its ``extends`` too)."""
+    own = yaml.safe_load((ROOT / name).read_text())
+    base = yaml.safe_load((ROOT / EXTENDED[name]).read_text())
+    child_blob = data.draw(st.one_of(st.just(yaml.safe_dump(own).encode()), _yaml_bytes(own)),
+                           label="yaml")
+    base_blob = data.draw(_yaml_bytes(base), label="base")
+    count(f"extended config file {name}")
+    with scratch() as d:
+        path, base_path = d / "config.yaml", d / Path(EXTENDED[name]).name
+        path.write_bytes(child_blob)
+        base_path.write_bytes(base_blob)
+        _check(name, path, [], (base_path,))
 
 
 # inputs the fuzzing found tracebacks, multi-line messages or unchecked values for (now fixed)

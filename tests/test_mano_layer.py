@@ -12,7 +12,7 @@ import itertools
 import numpy as np
 import pytest
 import torch
-from mano_reference import forward, random_model
+from mano_reference import forward, forward_one, random_model, rodrigues, rotproj
 
 from contra.mano import TIPS, ManoLayer
 
@@ -143,6 +143,67 @@ def test_rotmat_mode_equals_axis_angle_path() -> None:
 
     R = project_to_so3(noisy)
     assert torch.allclose(R.transpose(-1, -2) @ R, torch.eye(3, dtype=torch.float64), atol=1e-12)
+
+
+def _reflected(n: int, seed: int) -> np.ndarray:
+    """n random 3x3 matrices with det < 0: half generic Gaussian, half rotations times
+    diag(1, 1, -1) plus noise (what a regressor producing raw matrices may emit)."""
+    rng = np.random.default_rng(seed)
+    out: list[np.ndarray] = []
+    while len(out) < n:
+        m = rng.standard_normal((3, 3))
+        if len(out) % 2:
+            m = rodrigues(rng.normal(0.0, 1.0, 3)) @ np.diag([1.0, 1.0, -1.0])
+            m = m + 0.3 * rng.standard_normal((3, 3))
+        if np.linalg.det(m) < 0:
+            out.append(m)
+    return np.stack(out)
+
+
+def test_project_to_so3_is_manopths_rule_on_reflected_matrices() -> None:
+    """Negates the last column of U Vᵀ (manopth), not of U (Kabsch): proper, but not nearest."""
+    from contra.mano.rotations import project_to_so3
+
+    mats = _reflected(106, seed=14)
+    got = project_to_so3(torch.from_numpy(mats)).numpy()
+    np.testing.assert_allclose(got, np.stack([rotproj(m) for m in mats]), atol=1e-12, rtol=0)
+    np.testing.assert_allclose(np.linalg.det(got), 1.0, atol=1e-12, rtol=0)
+    eye = np.broadcast_to(np.eye(3), got.shape)
+    np.testing.assert_allclose(got.transpose(0, 2, 1) @ got, eye, atol=1e-12, rtol=0)
+    # The deliberate difference from the nearest rotation (U diag(1, 1, -1) Vᵀ) is O(1).
+    u, _, vt = np.linalg.svd(mats)
+    kabsch = u @ np.diag([1.0, 1.0, -1.0]) @ vt
+    assert np.abs(got - kabsch).max(axis=(1, 2)).min() > 0.05
+    dist = np.linalg.norm(got - mats, axis=(1, 2))
+    assert (dist > np.linalg.norm(kabsch - mats, axis=(1, 2)) + 1e-6).all()
+    # float32 and arbitrary batch shape: same rule.
+    got32 = project_to_so3(torch.from_numpy(mats).float().reshape(2, 53, 3, 3))
+    np.testing.assert_allclose(got32.reshape(-1, 3, 3).double().numpy(), got, atol=2e-5, rtol=0)
+
+
+def test_project_to_so3_matches_manopth_for_positive_determinant() -> None:
+    from contra.mano.rotations import project_to_so3
+
+    rng = np.random.default_rng(3)
+    mats = rng.standard_normal((60, 3, 3))
+    mats[np.linalg.det(mats) < 0, :, 0] *= -1  # det > 0 now: U Vᵀ, the nearest rotation
+    got = project_to_so3(torch.from_numpy(mats)).numpy()
+    np.testing.assert_allclose(got, np.stack([rotproj(m) for m in mats]), atol=1e-12, rtol=0)
+    u, _, vt = np.linalg.svd(mats)
+    np.testing.assert_allclose(got, u @ vt, atol=1e-12, rtol=0)
+
+
+def test_rotmat_mode_with_reflected_inputs_matches_reference() -> None:
+    """A (B, 16, 3, 3) pose with reflected matrices poses the hand as manopth would."""
+    mats = _reflected(32, seed=21).reshape(2, 16, 3, 3)
+    layer = _layer(use_pca=False, joint_rot_mode="rotmat")
+    betas = _pose(2, 10, 1.0, seed=4)
+    verts, joints = layer(torch.from_numpy(mats), betas)
+    for b in range(2):
+        ref_v, ref_k = forward_one(MODEL, [rotproj(m) for m in mats[b]], betas[b].numpy(),
+                                   TIPS[("freihand", "right")], "freihand")
+        np.testing.assert_allclose(verts[b].numpy(), ref_v, atol=ATOL, rtol=0)
+        np.testing.assert_allclose(joints[b].numpy(), ref_k, atol=ATOL, rtol=0)
 
 
 def test_gradcheck_and_finite_gradient_at_zero_pose() -> None:

@@ -24,7 +24,6 @@ import pytest
 import scipy.sparse
 from scipy.spatial.transform import Rotation
 
-from contra.mano import standin
 from contra.mano.io import load_mano, read_mano_pickle
 from contra.mano.standin import (
     PALM_CENTRES,
@@ -600,7 +599,7 @@ def test_fake_chumpy_is_removed_even_when_dumping_fails(tmp_path: Path,
             raise RuntimeError("disk on fire")
         return real_dumps(obj, *args, **kwargs)
 
-    monkeypatch.setattr(standin.pickle, "dumps", failing_dumps)
+    monkeypatch.setattr(pickle, "dumps", failing_dumps)  # the writer calls pickle.dumps
     with pytest.raises(RuntimeError, match="disk on fire"):
         write_standin(tmp_path, seed=0)
     assert seen_fake, "the chumpy layout must be dumped while the fake modules are registered"

@@ -23,9 +23,9 @@ from typing import Any, NamedTuple
 
 from PIL import Image
 
-from contra.augment import decode_rgb
 from contra.data import freihand as fh
 from contra.data import hanco as hc
+from contra.data.decode import decode_rgb
 from contra.data.errors import DataFormatError, MissingFileError
 from contra.data.retry import reason
 

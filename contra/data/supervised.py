@@ -11,6 +11,7 @@ item 10) and no rotation. Every crop or resize changes the camera, so the item c
 ``K' = A·K`` (§7 item 11) and θ's uv/scale re-expressed with K': uv = project(xyz[9], K'),
 scale = ½(K'₀₀ + K'₁₁)/z₉ (§4.5); pose, shape and the 3-D keypoints do not change.
 
+The crops themselves (drawing, K' = A·K, reduced-size decoding) live in :mod:`contra.data.crops`.
 Pixel convention (the renderer's and OpenCV's): pixel (row r, column c) is the point (u, v) =
 (c, r). A crop box (top, left, h, w) resized to S × S (antialiased bilinear, half-pixel centres)
 maps u to (u + ½ − left)·S/w − ½, which is :func:`crop_matrix`. The evaluation image (the whole
@@ -29,23 +30,22 @@ training images are retried with another random sample under
 
 from __future__ import annotations
 
-import io
 import logging
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, NamedTuple
 
 import numpy as np
 import torch
-from PIL import Image
 
-from contra.augment import _brightness_, _contrast_, _saturation_, decode_rgb, image_size
+from contra.data.crops import CropParams, crop_matrix, draw_crop, full_crop, load_crop
+from contra.data.decode import image_size
 from contra.data.errors import DataFormatError
 from contra.data.freihand import VERSIONS, FreiHAND, annotation_path, image_file, mask_file
 from contra.data.hanco import N_CAMERAS, VARIANT_FOLDERS, HanCo, world_to_camera
 from contra.data.retry import LOAD_ERRORS, ImageError, LoadStats, RetryPolicy
 from contra.mano.theta import ROOT_KEYPOINT
+from contra.photometric import brightness_, contrast_, saturation_
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,6 @@ NORMALISATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "contra": ((0.5, 0.5, 0.5), (1.0, 1.0, 1.0)),
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
 }
-_DRAFT_SCALES = (8, 4, 2)
 
 
 @dataclass(frozen=True)
@@ -118,120 +117,6 @@ def _config_problems(cfg: SupervisedDataConfig) -> list[tuple[str, str]]:
     return [(key, why) for key, ok, why in checks if not ok]
 
 
-# ------------------------------------------------------------------------------------ geometry
-class CropParams(NamedTuple):
-    """Everything random about one item's image: drawn by :func:`draw_crop`, no pixels.
-
-    ``box`` = (top, left, height, width) in pixels of the full-size image, inside it; with
-    ``draft`` = s > 1 every entry is a multiple of s (the JPEG may be decoded at 1/s size).
-    ``jitter`` = (brightness, contrast, saturation) factors, 1 = unchanged.
-    """
-
-    image_size: tuple[int, int]  # (height, width) of the full-size input
-    box: tuple[int, int, int, int]
-    draft: int = 1
-    jitter: tuple[float, float, float] = (1.0, 1.0, 1.0)
-
-
-def _draft_box(box: tuple[int, int, int, int], image_hw: tuple[int, int],
-               size: int) -> tuple[tuple[int, int, int, int], int]:
-    """The largest DCT scale s leaving the box ≥ ``size`` px, and the box snapped to it."""
-    top, left, h, w = box
-    if min(h, w) < 2 * size:
-        return box, 1
-    s = next(s for s in _DRAFT_SCALES if min(h, w) >= s * size)
-    hs, ws = h // s, w // s
-    ts = min(max(round(top / s), 0), image_hw[0] // s - hs)
-    ls = min(max(round(left / s), 0), image_hw[1] // s - ws)
-    return (ts * s, ls * s, hs * s, ws * s), s
-
-
-def full_crop(image_hw: tuple[int, int], size: int) -> CropParams:
-    """The whole image resized to ``size`` (evaluation, or training without augmentation)."""
-    height, width = (int(v) for v in image_hw)
-    box, s = _draft_box((0, 0, height, width), (height, width), size)
-    return CropParams(image_size=(height, width), box=box, draft=s)
-
-
-def draw_crop(rng: np.random.Generator, image_hw: tuple[int, int],
-              cfg: SupervisedDataConfig) -> CropParams:
-    """contra-hand's random crop for an image of (height, width): six uniforms per call.
-
-    Side = zoom × min(H, W), zoom ~ U(cfg.zoom); centre = image centre + U(±translate) × the
-    side of the image per axis, then clamped so that the box stays inside (no padding).
-    """
-    height, width = int(image_hw[0]), int(image_hw[1])
-    u = rng.random(6).tolist()
-    lo, hi = cfg.zoom
-    side = min(max(round((lo + (hi - lo) * u[0]) * min(height, width)), 1), min(height, width))
-    cx = 0.5 * width + cfg.translate * width * (2.0 * u[1] - 1.0)
-    cy = 0.5 * height + cfg.translate * height * (2.0 * u[2] - 1.0)
-    left = min(max(round(cx - 0.5 * side), 0), width - side)
-    top = min(max(round(cy - 0.5 * side), 0), height - side)
-    box, s = _draft_box((top, left, side, side), (height, width), cfg.image_size)
-    c = cfg.color_jitter
-    if c == 0:
-        return CropParams((height, width), box, s)
-    b, k, t = (max(0.0, 1.0 + c * (2.0 * v - 1.0)) for v in u[3:6])
-    return CropParams((height, width), box, s, (b, k, t))
-
-
-def crop_matrix(params: CropParams, size: int) -> np.ndarray:
-    """A (3, 3) float64 with K' = A·K for the box resized to ``size`` × ``size`` pixels."""
-    top, left, h, w = params.box
-    sx, sy = size / w, size / h
-    return np.array([[sx, 0.0, sx * (0.5 - left) - 0.5],
-                     [0.0, sy, sy * (0.5 - top) - 0.5],
-                     [0.0, 0.0, 1.0]])
-
-
-def _crop_resize(img: torch.Tensor, box: tuple[int, int, int, int], size: int) -> torch.Tensor:
-    """uint8 (C, H, W) box → (C, size, size), antialiased bilinear; channels-last inside, where
-    torch's uint8 kernel is vectorised (2-3× faster than on planar images)."""
-    top, left, h, w = box
-    region = img[:, top:top + h, left:left + w]
-    if (h, w) == (size, size):
-        return region
-    x = region.unsqueeze(0).contiguous(memory_format=torch.channels_last)
-    # antialiasing only changes a downscale (the same pixels when upscaling, at a higher cost)
-    return torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear",
-                                           align_corners=False,
-                                           antialias=h > size or w > size)[0]
-
-
-def apply_crop(img: torch.Tensor, params: CropParams, size: int) -> torch.Tensor:
-    """Crop and resize a full-size uint8 (C, H, W) image (or mask) as ``params`` say."""
-    if img.dtype != torch.uint8 or img.ndim != 3:
-        raise ValueError(f"expected a uint8 (C, H, W) image, got {img.dtype} {tuple(img.shape)}")
-    if tuple(img.shape[1:]) != params.image_size:
-        raise ValueError(f"image is {tuple(img.shape[1:])} but the crop was drawn for "
-                         f"{params.image_size}")
-    return _crop_resize(img, params.box, size)
-
-
-def load_crop(data: bytes, params: CropParams, size: int) -> torch.Tensor:
-    """Decode JPEG/PNG ``data`` and crop it: at 1/s size in the DCT domain when ``params.draft``
-    = s > 1 and the file is a JPEG (same box, so same A), else in full and :func:`apply_crop`."""
-    s = params.draft
-    if s > 1 and data[:2] == b"\xff\xd8":
-        reduced = _draft_decode(data, params.image_size, s)
-        if reduced is not None:
-            top, left, h, w = params.box
-            return _crop_resize(reduced, (top // s, left // s, h // s, w // s), size)
-    return apply_crop(decode_rgb(data), params, size)
-
-
-def _draft_decode(data: bytes, image_hw: tuple[int, int], s: int) -> torch.Tensor | None:
-    """uint8 (3, ⌈H/s⌉, ⌈W/s⌉) from libjpeg's 1/s DCT scaling; None if PIL chose another."""
-    height, width = image_hw
-    with Image.open(io.BytesIO(data)) as im:
-        im.draft("RGB", (width // s, height // s))
-        if im.size != (math.ceil(width / s), math.ceil(height / s)):
-            return None
-        arr = np.array(im.convert("RGB"))  # writable: torch shares it
-    return torch.from_numpy(arr).permute(2, 0, 1)
-
-
 # ------------------------------------------------------------------------------------- pixels
 def _normaliser(mode: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(scale, bias) per channel with x_u8·scale + bias = (x/255 − mean)/std."""
@@ -249,9 +134,9 @@ def _to_float(u8: torch.Tensor, jitter: tuple[float, float, float], scale: torch
         return out.mul_(scale).add_(bias)
     out.mul_(1.0 / 255.0)
     b, c, s = jitter
-    _brightness_(out, b)
-    _contrast_(out, c)
-    _saturation_(out, s)
+    brightness_(out, b)
+    contrast_(out, c)
+    saturation_(out, s)
     return out.mul_(scale * 255.0).add_(bias)
 
 

@@ -55,9 +55,20 @@ def rot6d_to_rotmat(rot6d: torch.Tensor, robust: bool = False) -> torch.Tensor:
 
 
 def project_to_so3(mats: torch.Tensor) -> torch.Tensor:
-    """Nearest rotation (U Vᵀ, last column of U negated when det < 0), as manopth's rotmat mode."""
+    """(..., 3, 3) matrices to proper rotations exactly as manopth's rotmat mode does.
+
+    manopth (``manopth/rotproj.py``, ``batch_rotprojs``) takes the SVD ``M = U S Vᵀ``, forms
+    ``R = U Vᵀ`` and, where ``det R < 0``, negates the last column of ``R`` itself, i.e. returns
+    ``U Vᵀ diag(1, 1, -1)``.  We do the same (batched, on any device):
+
+    * ``det M > 0``: ``U Vᵀ``, the nearest rotation in the Frobenius norm;
+    * ``det M < 0``: ``U Vᵀ diag(1, 1, -1)``, a proper rotation (det +1) but *not* the nearest
+      one; that would be ``U diag(1, 1, -1) Vᵀ`` (Kabsch: negate U's last column, the one of the
+      smallest singular value).  We keep manopth's choice so that rotmat mode gives manopth's
+      outputs for every input; the two differ by O(1) on reflected inputs.
+    """
     u, _, vh = torch.linalg.svd(mats)
-    det = torch.det(u @ vh)
-    flip = torch.ones_like(u[..., 0, :])
-    flip[..., 2] = torch.where(det < 0, -1.0, 1.0).to(flip.dtype)
-    return (u * flip.unsqueeze(-2)) @ vh
+    rot = u @ vh
+    sign = torch.where(torch.det(rot) < 0, -1.0, 1.0).to(rot.dtype)
+    ones = torch.ones_like(sign)
+    return rot * torch.stack([ones, ones, sign], dim=-1).unsqueeze(-2)  # scales column 2
