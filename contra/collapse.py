@@ -32,10 +32,11 @@ log = logging.getLogger(__name__)
 
 
 @torch.no_grad()
-def embedding_stats(q: Tensor, group=None) -> dict[str, Tensor]:
-    """``emb_std_ratio`` and ``cos_unrelated`` of this step's queries, over all ranks' rows."""
+def embedding_stats(q: Tensor, group=None, gathered: bool = False) -> dict[str, Tensor]:
+    """``emb_std_ratio`` and ``cos_unrelated`` of this step's queries, over all ranks' rows
+    (``gathered``: ``q`` already holds every rank's rows)."""
     q = q.detach().to(torch.promote_types(q.dtype, torch.float32))
-    if world_size(group) > 1:
+    if world_size(group) > 1 and not gathered:
         q = torch.cat(all_gather_list(q.contiguous(), group))
     n, d = q.shape
     q = torch.nn.functional.normalize(q, dim=1)

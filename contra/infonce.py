@@ -27,14 +27,21 @@ from contra.collectives import all_gather_list, rank_and_world
 NEGATIVES = ("queue", "batch", "queue+batch")
 
 
-def batch_logits(q: Tensor, k: Tensor, temperature: float, group=None) -> tuple[Tensor, Tensor]:
-    """(l_pos B×1, l_neg B×(N−1)): local queries against every key of this step, over T, fp32."""
+def batch_logits(q: Tensor, k: Tensor, temperature: float, group=None,
+                 keys: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """(l_pos B×1, l_neg B×(N−1)): local queries against every key of this step, over T, fp32.
+
+    ``keys``: all ranks' N×D keys when the caller gathered them already; else gathered here.
+    """
     rank, world = rank_and_world(group)
     dtype = torch.promote_types(q.dtype, torch.float32)  # fp32 logits even under autocast
     with torch.autocast(q.device.type, enabled=False):
         q = q.to(dtype)
-        keys = k.detach().to(dtype)
-        keys = torch.cat(all_gather_list(keys, group)) if world > 1 else keys
+        if keys is not None:
+            keys = keys.detach().to(dtype)
+        else:
+            keys = k.detach().to(dtype)
+            keys = torch.cat(all_gather_list(keys, group)) if world > 1 else keys
         logits = q @ keys.t() / temperature  # B×N
         b, n = logits.shape
         rows = torch.arange(b, device=q.device)

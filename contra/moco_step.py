@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from contra.collapse import embedding_stats
+from contra.collectives import all_gather_with_grad, world_size
 from contra.infonce import accuracy, batch_logits, batch_loss
 from contra.queue import ShardedQueue
 
@@ -41,15 +42,35 @@ def moco_step(model: nn.Module, queue: ShardedQueue, optimizer: torch.optim.Opti
     with torch.autocast(im_q.device.type, dtype=amp_dtype or torch.bfloat16,
                         enabled=amp_dtype is not None):
         q, k = model(im_q, im_k)
-    l_pos, l_batch = batch_logits(q, k, queue.T, queue.group)
+    queries, keys = gather_step(q, k, queue.group)
+    l_pos, l_batch = batch_logits(q, k, queue.T, queue.group, keys=keys)
     if negatives == "batch":
         loss, acc1, acc5 = batch_loss(l_pos, l_batch)
     else:
-        loss, acc1, acc5 = queue.loss(q, k, l_batch if negatives == "queue+batch" else None)
+        loss, acc1, acc5 = queue.loss(q, k, l_batch if negatives == "queue+batch" else None,
+                                      queries=queries)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
     queue.enqueue(k.float())
     acc1_batch = acc1 if negatives == "batch" else accuracy(l_pos, l_batch)[0]
     return {"loss": loss.detach(), "acc1": acc1.detach(), "acc5": acc5.detach(),
-            "acc1_batch": acc1_batch.detach(), **embedding_stats(q, queue.group)}
+            "acc1_batch": acc1_batch.detach(),
+            **embedding_stats(q if queries is None else queries, queue.group,
+                              gathered=queries is not None)}
+
+
+def gather_step(q: Tensor, k: Tensor, group=None) -> tuple[Tensor | None, Tensor | None]:
+    """All ranks' queries (differentiable) and keys of this step in *one* all-gather.
+
+    The in-batch logits, the queue's loss and the collapse statistics each need them; gathering
+    ``[q | k]`` once (fp32, as each of them computes) replaces three collectives by one, with
+    the same values. (None, None) on one process: nothing to gather.
+    """
+    if world_size(group) == 1:
+        return None, None
+    dtype = torch.promote_types(q.dtype, torch.float32)
+    with torch.autocast(q.device.type, enabled=False):
+        both = all_gather_with_grad(torch.cat([q.to(dtype), k.detach().to(dtype)], dim=1),
+                                    group)
+    return both[:, :q.shape[1]], both[:, q.shape[1]:].detach()

@@ -60,12 +60,15 @@ class ShardedQueue:
         """The N×D queries of all ranks, differentiable back to their owners."""
         return all_gather_with_grad(q, self.group)
 
-    def loss(self, q: Tensor, k: Tensor, extra: Tensor | None = None
-             ) -> tuple[Tensor, Tensor, Tensor]:
+    def loss(self, q: Tensor, k: Tensor, extra: Tensor | None = None,
+             queries: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """InfoNCE of the local batch against the whole queue, plus Acc@1/Acc@5 in percent.
 
         ``extra`` (B×M logits, already divided by T) are more negatives of the local rows, e.g.
         this step's other keys (:mod:`contra.infonce`); they join the log-sum-exp and the ranks.
+        ``queries``: all ranks' N×D queries when the caller gathered them already, differentiably
+        (:func:`contra.moco_step.gather_step`, one collective for queries and keys); else this
+        method gathers them.
         """
         if q.shape != (self.B, self.dim) or k.shape != q.shape:
             raise ValueError(f"q and k must be {self.B}×{self.dim}, got {tuple(q.shape)}, "
@@ -74,7 +77,8 @@ class ShardedQueue:
         with torch.autocast(q.device.type, enabled=False):
             q, k = q.to(dtype), k.detach().to(dtype)
             l_pos = (q * k).sum(dim=1, keepdim=True) / self.T  # B×1
-            l_shard = self._all_queries(q) @ self.shard.to(dtype).t() / self.T  # N×S
+            every = self._all_queries(q) if queries is None else queries.to(dtype)
+            l_shard = every @ self.shard.to(dtype).t() / self.T  # N×S
             top = l_shard.detach().topk(min(5, self.S), dim=1).values  # N×min(5, S)
             a = torch.cat([l_shard.logsumexp(dim=1, keepdim=True), top], dim=1)
             a = all_gather_with_grad(a, self.group).view(self.world, self.world, self.B, -1)

@@ -17,6 +17,7 @@ from netutil import free_port
 
 from contra.collapse import CollapseConfig, CollapseWatch, embedding_stats
 from contra.infonce import accuracy, batch_logits, batch_loss
+from contra.moco_step import gather_step
 from contra.queue import ShardedQueue
 
 D, B, K, T, SEED, WORLD = 8, 3, 24, 0.2, 5, 2
@@ -52,15 +53,18 @@ def worker(rank: int, port: int, out: Path) -> None:
     q, k = step_data(WORLD * B)
     rows = slice(rank * B, (rank + 1) * B)
     res = {}
-    for mode in ("batch", "queue+batch"):
+    for mode in ("batch", "queue+batch", "one gather"):
         q_r = q[rows].clone().requires_grad_()
-        l_pos, l_neg = batch_logits(q_r, k[rows], T)
+        queries, keys = gather_step(q_r, k[rows]) if mode == "one gather" else (None, None)
+        l_pos, l_neg = batch_logits(q_r, k[rows], T, keys=keys)
         if mode == "batch":
             loss, acc1, _ = batch_loss(l_pos, l_neg)
         else:
             queue = ShardedQueue(D, K, B, T, SEED, dtype=torch.float64)
-            loss, acc1, _ = queue.loss(q_r, k[rows], l_neg)
+            loss, acc1, _ = queue.loss(q_r, k[rows], l_neg, queries=queries)
             res["queue"] = queue.canonical()
+        if queries is not None:
+            res["stats_gathered"] = embedding_stats(queries, gathered=True)
         loss.backward()
         res[mode] = {"loss": loss.detach(), "grad": q_r.grad, "acc1": acc1,
                      "acc1_batch": accuracy(l_pos, l_neg)[0]}
@@ -76,10 +80,12 @@ def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
     return [torch.load(out / f"rank{r}.pt") for r in range(WORLD)]
 
 
-@pytest.mark.parametrize("mode", ["batch", "queue+batch"])
+@pytest.mark.parametrize("mode", ["batch", "queue+batch", "one gather"])
 def test_sharded_in_batch_loss_equals_single_process(ranks: list[dict], mode: str) -> None:
+    """"one gather": queries and keys gathered together (contra.moco_step.gather_step), as the
+    training step does, give the same loss and gradients as separate gathers."""
     q, k = step_data(WORLD * B)
-    want = reference(q, k, ranks[0]["queue"] if mode == "queue+batch" else None)
+    want = reference(q, k, ranks[0]["queue"] if mode != "batch" else None)
     got = [r[mode] for r in ranks]
     loss = torch.stack([g["loss"] for g in got]).mean()
     assert torch.allclose(loss, want["loss"], rtol=0, atol=TOL)
@@ -96,6 +102,7 @@ def test_sharded_collapse_stats_equal_single_process(ranks: list[dict]) -> None:
     for r in ranks:
         for key, value in want.items():
             assert torch.allclose(r["stats"][key].double(), value.double(), atol=1e-6)
+            assert torch.allclose(r["stats_gathered"][key].double(), value.double(), atol=1e-6)
 
 
 def test_freshness_control_sees_through_the_queue_shortcut() -> None:
