@@ -313,14 +313,39 @@ class EmbeddingTable:
             if not (folder / name).is_file():
                 raise DataFormatError(f"{folder / name}: missing (not a `contra embed` output "
                                       f"folder)")
-        emb = np.load(folder / "embeddings.npy", allow_pickle=False)
-        kp = np.load(folder / "keypoints.npy", allow_pickle=False)
+        emb, kp = (_read_array(folder / name) for name in ("embeddings.npy", "keypoints.npy"))
         rows = _read_index(folder / "index.csv")
-        info = json.loads((folder / "embed.json").read_text())
+        info = _read_info(folder / "embed.json")
         if emb.ndim != 2 or len(emb) != len(rows) or kp.shape != (len(rows), N_KEYPOINTS, 3):
             raise DataFormatError(f"{folder}: embeddings.npy {emb.shape}, keypoints.npy "
                                   f"{kp.shape} and index.csv ({len(rows)} rows) disagree")
         return cls(emb.astype(np.float32, copy=False), kp, rows, info)
+
+
+def _read_array(path: Path) -> np.ndarray:
+    """A float array saved by :meth:`EmbeddingTable.write` (never a pickle)."""
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise DataFormatError(f"{path}: not a numpy array file ({str(e)[:120]})") from None
+    if not np.issubdtype(array.dtype, np.floating):
+        raise DataFormatError(f"{path}: expected float values, got {array.dtype}")
+    return array
+
+
+#: the embed.json fields that figures need, and their types
+_INFO_FIELDS = {"checkpoint": dict, "data_root": str, "image_size": int, "n": int}
+
+
+def _read_info(path: Path) -> dict[str, Any]:
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise DataFormatError(f"{path}: not valid JSON ({str(e)[:120]})") from None
+    for key, kind in _INFO_FIELDS.items():
+        if not isinstance(info, dict) or not isinstance(info.get(key), kind):
+            raise DataFormatError(f"{path}: field '{key}' missing or not a {kind.__name__}")
+    return info
 
 
 def _read_index(path: Path) -> Rows:
@@ -331,7 +356,7 @@ def _read_index(path: Path) -> Rows:
         recs = list(reader)
     try:
         ints = {k: np.array([int(r[k]) for r in recs], np.int64) for k in ("sid", "fid", "cid")}
-    except ValueError as e:
+    except (ValueError, TypeError) as e:  # a short row reads as None
         raise DataFormatError(f"{path}: sid/fid/cid: {e}") from None
     subset = np.array([r["subset"] for r in recs], dtype=np.str_)
     if bad := sorted(set(subset.tolist()) - set(SUBSET_FOLDERS)):

@@ -17,7 +17,6 @@ pretraining run that is missing, unreadable or without ``contra figures`` metric
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -27,7 +26,6 @@ from typing import TYPE_CHECKING, Any
 from contra.report import ReportError, mlflow_errors, open_client
 from contra.rundir import RunDir
 from contra.table1 import BASELINES, Columns, RunRecord, TableRow, display_uri
-from contra.tracking import default_uri
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -83,18 +81,8 @@ def run_dir_store(checkpoint: str) -> Store | None:
     path = Path(checkpoint)
     if not checkpoint or path.parent.name not in ("checkpoints", "export"):
         return None
-    run_dir = RunDir(path.parent.parent)
-    try:
-        summary = json.loads(run_dir.summary.read_text())
-    except (OSError, ValueError):
-        summary = None
-    uri = summary.get("tracking_uri") if isinstance(summary, dict) else None
-    if isinstance(uri, str) and uri:
-        return Store(uri, f"`tracking_uri` of {run_dir.summary}")
-    if run_dir.mlflow_db.is_file():
-        return Store(default_uri(run_dir.root), f"run dir {run_dir.root}, whose run.json "
-                                                f"names no tracking URI")
-    return None
+    found = RunDir(path.parent.parent).recorded_store()
+    return Store(*found) if found else None
 
 
 def pretrain_store(checkpoint: str, explicit: str | None, own: str) -> Store:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ from contra.invariance import (
 )
 from contra.neighbours import knn, mixing_ratio, pair_pa_mm, pose_errors
 from contra.retrieval_grid import grid_rows, pick_queries, save_retrieval_grid
+from contra.rundir import RunDir
 from contra.tracking import runs_view_url
 from contra.tsne import pose_clusters, save_tsne_figure, tsne_2d
 
@@ -213,32 +215,27 @@ def _log_all(result: FiguresResult, info: dict[str, Any], finetune: Path | None,
         from contra.checkpoint import load_checkpoint
 
         run_dir = Path(finetune).resolve().parent.parent
-        run_id = _run_id(run_dir, load_checkpoint(finetune).get("mlflow_run_id"))
+        run_id = _run_id(run_dir, lambda: load_checkpoint(finetune).get("mlflow_run_id"))
         ov_files = [p for p in result.files if p.name in ("mesh_overlays.png",
                                                           "mesh_errors.csv")]
         if where := log_to_run(run_dir, run_id, overlay, ov_files, 0):
             result.logged.append(where)
 
 
-def _run_id(run_dir: Path, from_checkpoint: Any) -> str | None:
-    if isinstance(from_checkpoint, str) and from_checkpoint:
-        return from_checkpoint
-    f = run_dir / "mlflow_run_id"
-    return f.read_text().strip() if f.is_file() else None
+def _run_id(run_dir: Path, from_checkpoint: Callable[[], Any]) -> str | None:
+    """The run dir's ``mlflow_run_id`` file, else (reading the large file only then) the one
+    its checkpoint recorded."""
+    f = RunDir(run_dir).mlflow_run
+    if f.is_file() and f.read_text().strip():
+        return f.read_text().strip()
+    run_id = from_checkpoint()
+    return run_id if isinstance(run_id, str) and run_id else None
 
 
 def tracking_uri(run_dir: Path) -> str | None:
-    """The store a run directory's run was logged to: run.json's, else its own mlflow.db."""
-    summary = run_dir / "run.json"
-    if summary.is_file():
-        try:
-            uri = json.loads(summary.read_text()).get("tracking_uri")
-        except (json.JSONDecodeError, AttributeError):
-            uri = None
-        if isinstance(uri, str) and uri:
-            return uri
-    db = run_dir / "mlflow.db"
-    return f"sqlite:///{db.resolve()}" if db.is_file() else None
+    """The store a run directory's run was logged to (:meth:`RunDir.recorded_store`)."""
+    found = RunDir(run_dir).recorded_store()
+    return found[0] if found else None
 
 
 def log_to_run(run_dir: Path, run_id: str | None, metrics: dict[str, float], files: list[Path],

@@ -104,9 +104,12 @@ def draw_pairs(hanco: HanCo, n: int, subsets: tuple[str, ...], seed: int) -> Pai
 def _camera_columns(hanco: HanCo, rows: Rows) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
     near = np.empty(len(rows), np.int64)
     far = np.empty(len(rows), np.int64)
+    partners: dict[tuple[int, int], tuple[NDArray[np.int64], NDArray[np.int64]]] = {}
     for i in range(len(rows)):
-        _, M = hanco.calib(int(rows.sid[i]), int(rows.fid[i]))
-        n_i, f_i = camera_partners(M)
+        frame = (int(rows.sid[i]), int(rows.fid[i]))
+        if frame not in partners:  # one calibration read per frame, however many anchors
+            partners[frame] = camera_partners(hanco.calib(*frame)[1])
+        n_i, f_i = partners[frame]
         near[i], far[i] = n_i[rows.cid[i]], f_i[rows.cid[i]]
     assert ((near >= 0) & (near < N_CAMERAS)).all()
     return near, far

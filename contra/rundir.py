@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,3 +81,19 @@ class RunDir:
     def figure(self, name: str) -> Path:
         """A figure written beside the run's outputs (and logged as an artifact)."""
         return self.root / name
+
+    def recorded_store(self) -> tuple[str, str] | None:
+        """(tracking URI, where it was read) of the MLflow store this run logged to: run.json's
+        ``tracking_uri``, else the run dir's own ``mlflow.db`` (a run that ended before writing
+        run.json); None when neither says. Used by reports and figures that log onto old runs."""
+        try:
+            summary = json.loads(self.summary.read_text())
+        except (OSError, ValueError):
+            summary = None
+        uri = summary.get("tracking_uri") if isinstance(summary, dict) else None
+        if isinstance(uri, str) and uri:
+            return uri, f"`tracking_uri` of {self.summary}"
+        if self.mlflow_db.is_file():
+            return (f"sqlite:///{self.mlflow_db.resolve()}",
+                    f"run dir {self.root}, whose run.json names no tracking URI")
+        return None

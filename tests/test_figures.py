@@ -258,7 +258,9 @@ def test_figures_command_writes_every_figure_and_logs_to_the_run(
     assert run.info.status == "FINISHED"
 
 
-@pytest.mark.parametrize("case", ["not a checkpoint", "not an embed folder", "changed"])
+@pytest.mark.parametrize("case", ["not a checkpoint", "not an embed folder", "changed",
+                                  "corrupt embed.json", "corrupt embeddings.npy",
+                                  "short index row"])
 def test_bad_inputs_are_one_line(case: str, pretrained: Path, synth_root: Path,
                                  table: EmbeddingTable, tmp_path: Path,
                                  capsys: pytest.CaptureFixture[str]) -> None:
@@ -269,6 +271,16 @@ def test_bad_inputs_are_one_line(case: str, pretrained: Path, synth_root: Path,
                 "--out", str(tmp_path / "o")]
     elif case == "not an embed folder":
         argv = ["figures", "--embeddings", str(tmp_path), "--out", str(tmp_path / "o")]
+    elif case in ("corrupt embed.json", "corrupt embeddings.npy", "short index row"):
+        emb = tmp_path / "emb"
+        table.write(emb)
+        if case == "short index row":
+            lines = (emb / "index.csv").read_text().splitlines()
+            (emb / "index.csv").write_text("\n".join([*lines[:3], "3,0", *lines[4:]]) + "\n")
+        else:
+            name = case.split()[1]
+            (emb / name).write_bytes((emb / name).read_bytes()[:40])
+        argv = ["figures", "--embeddings", str(emb), "--out", str(tmp_path / "o"), "--no-mlflow"]
     else:
         ck = tmp_path / "last.pt"
         shutil.copyfile(pretrained, ck)
@@ -284,4 +296,6 @@ def test_bad_inputs_are_one_line(case: str, pretrained: Path, synth_root: Path,
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("contra: error: "), err
     assert {"not a checkpoint": "x.pt", "not an embed folder": "embeddings.npy",
-            "changed": "embed again"}[case] in err[0]
+            "changed": "embed again", "corrupt embed.json": "embed.json: not valid JSON",
+            "corrupt embeddings.npy": "embeddings.npy: not a numpy array",
+            "short index row": "index.csv: sid/fid/cid"}[case] in err[0]
